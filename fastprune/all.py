@@ -5,7 +5,11 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/09_all.ipynb #3b49687b
+# %% ../nbs/09_all.ipynb #fef56fe2
 from fastai.basics import *
 from fastai.callback.all import *
+from .schedules import *
 from .data import *
+
+# %% ../nbs/09_all.ipynb #887f3a59
+__all__ = [n for n in dir() if not n.startswith('_')]
