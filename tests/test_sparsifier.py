@@ -1,0 +1,321 @@
+"Tests for fastprune.sparsifier: exactness over the model zoo, monotone masks, save/load, the floor, errors"
+import copy, importlib.util, io, math, os, sys
+import pytest, torch, torchvision
+from torch import nn
+from hypothesis import given, settings, strategies as st, HealthCheck
+from fastprune.granularity import *
+from fastprune.criteria import *
+from fastprune.sparsifier import *
+from fastprune.sparsifier import _select_radix
+from fastprune.data import digits_cnn
+
+
+def mlp(): return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+def _not_nm4(n, m):  # N:M needs an input dimension that is a multiple of m; big layers are left out to keep the test fast
+    return m.weight[0].numel() % 4 != 0 or m.weight.numel() > 300_000
+
+GRANS = {'weight': (Weight(), None), 'kernel': (Kernel(), None), 'filter': (Filter(), None),
+         'channel': (Channel(), None), 'nm': (NM(2, 4), _not_nm4)}
+
+@pytest.fixture(scope='module')
+def zoo():
+    torch.manual_seed(0)
+    return {'resnet18': torchvision.models.resnet18(weights=None), 'mobilenet_v2': torchvision.models.mobilenet_v2(weights=None),
+            'mlp': mlp()}
+
+def _groups(sp, s, n):
+    return round(s / sp.granularity.group_sparsity * n)
+
+def _pruned(sp): return [int(u.pruned().sum()) for u in sp.units]
+
+
+@pytest.mark.parametrize('gran', list(GRANS))
+@pytest.mark.parametrize('model', ['resnet18', 'mobilenet_v2', 'mlp'])
+def test_exact_local_and_global(zoo, model, gran):
+    m = zoo[model]
+    g, excl = GRANS[gran]
+    s = 0.4 if gran == 'nm' else 0.6  # NM(2, 4) removes at most half of the weights
+    for context in ('local', 'global'):
+        sp = Sparsifier(m, g, context=context, exclude=excl)
+        sp.reset()  # the fixture's model is shared: start from empty masks
+        sp.prune(s)
+        if context == 'local':
+            assert _pruned(sp) == [_groups(sp, s, u.n) for u in sp.units]
+        else:
+            assert sp.shortfall == 0
+            assert sum(_pruned(sp)) == _groups(sp, s, sp.n_groups)
+        # the masks agree with the pruned-group counts: weights pruned = groups pruned x weights removed per group
+        removed = sum(int((~mm.prune_mask).sum()) for mm in sp.layers.values())
+        expect = sum(c * u.group_size * g.group_sparsity for c, u in zip(_pruned(sp), sp.units))
+        assert removed == round(expect)
+        assert sp.sparsity() == pytest.approx(removed / sum(mm.weight.numel() for mm in sp.layers.values()))
+        sp.reset()
+
+
+def test_local_exact_per_layer_weight_fraction(zoo):
+    sp = Sparsifier(zoo['mlp']); sp.reset()
+    sp.prune(0.35)
+    for n, mm in sp.layers.items():
+        assert int((~mm.prune_mask).sum()) == round(0.35 * mm.weight.numel())
+    sp.reset()
+
+
+def test_nm_target_counts_weights():
+    sp = Sparsifier(mlp(), NM(2, 4))
+    sp.prune(0.25)  # a quarter of the weights = half of the 4-blocks pruned to 2 of 4
+    assert sp.sparsity() == pytest.approx(0.25, abs=1e-3)
+    for u in sp.units: assert int(u.pruned().sum()) == round(0.5 * u.n)
+    with pytest.raises(ValueError, match='0.5'): sp.prune(0.6)
+    for mm in sp.layers.values():  # every block keeps at least 2 of 4
+        assert int(NM(2, 4).groups(mm.prune_mask, mm).sum(1).min()) >= 2
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(targets=st.lists(st.floats(0, 0.95), min_size=2, max_size=5),
+       gran=st.sampled_from(['weight', 'kernel', 'filter']), context=st.sampled_from(['local', 'global']),
+       crit=st.sampled_from(['mag', 'mean', 'random']))
+def test_monotone_masks(targets, gran, context, crit):
+    torch.manual_seed(1)
+    m = digits_cnn()
+    c = {'mag': Magnitude(), 'mean': Magnitude(normalize='mean'), 'random': Random(3)}[crit]
+    sp = Sparsifier(m, GRANS[gran][0], c, context=context)
+    prev = {n: mm.prune_mask.clone() for n, mm in sp.layers.items()}
+    for s in sorted(targets):
+        sp.prune(s)
+        for n, mm in sp.layers.items():
+            assert bool((mm.prune_mask <= prev[n]).all())  # nothing released
+            prev[n] = mm.prune_mask.clone()
+        if context == 'local': assert _pruned(sp) == [round(s * u.n) for u in sp.units]
+        else: assert sum(_pruned(sp)) == round(s * sp.n_groups) - sp.shortfall
+    if sp.target_groups(sorted(targets)[-1]) > 0 and sum(_pruned(sp)) > 0:
+        with pytest.raises(ValueError, match='never shrink'): sp.prune({n: 0. for n in sp.layers})
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(1, 200), min_size=1, max_size=5), data=st.data())
+def test_global_select_matches_sorting(sizes, data):
+    "global_select (sample bracket and radix fallback) = taking the k lowest in (score, unit, index) order under caps"
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
+    decimals = data.draw(st.sampled_from([0, 1, 4]))  # few decimals: many ties
+    units = []
+    for n in sizes:
+        s = torch.randn(n, generator=g).round(decimals=decimals)
+        s[torch.rand(n, generator=g) < data.draw(st.floats(0, 0.5))] = float('-inf')
+        units.append(s)
+    caps = [data.draw(st.integers(int((s == float('-inf')).sum()), len(s))) for s in units]
+    if sum(caps) == 0: return
+    k = data.draw(st.integers(1, sum(caps)))
+    # reference: walk all scores in (value, unit, index) order
+    vals = torch.cat(units); uid = torch.cat([torch.full((len(s),), i) for i, s in enumerate(units)])
+    idx = torch.cat([torch.arange(len(s)) for s in units])
+    ref = [torch.zeros(len(s), dtype=torch.bool) for s in units]; taken = [0] * len(units); got = 0
+    for i in vals.argsort(stable=True).tolist():
+        u = int(uid[i])
+        if taken[u] < caps[u]: ref[u][idx[i]] = True; taken[u] += 1; got += 1
+        if got == k: break
+    get = lambda u: units[u]
+    for sel in (global_select(get, sizes, caps, k), global_select(get, sizes, caps, k, sample=16),
+                global_select(get, sizes, caps, k, max_candidates=3), _select_radix(get, caps, k)[0]):
+        for a, b in zip(sel, ref): assert torch.equal(a, b)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    m = digits_cnn().eval()
+    sp = Sparsifier(m, Filter(), context='global')
+    sp.prune(0.5).apply_masks()
+    sd = copy.deepcopy(m.state_dict())
+    buf = io.BytesIO(); torch.save(sd, buf); buf.seek(0)
+    fresh = digits_cnn().eval()
+    sp2 = Sparsifier(fresh, Filter(), context='global')
+    fresh.load_state_dict(torch.load(buf))
+    for n in sp.layers:
+        assert torch.equal(sp2.layers[n].prune_mask, sp.layers[n].prune_mask)
+        w = sp2.layers[n].weight
+        assert bool((w[~sp2.layers[n].prune_mask] == 0).all())
+    assert sp2.sparsity() == sp.sparsity()
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad(): assert torch.allclose(fresh(x), m(x))
+    sp2.prune(0.6)  # the loaded masks are the starting point: they are extended, not replaced
+    assert sum(_pruned(sp2)) == round(0.6 * sp2.n_groups)
+    for n in sp.layers: assert bool((sp2.layers[n].prune_mask <= sp.layers[n].prune_mask).all())
+
+
+def test_masks_follow_device_and_dtype():
+    m = mlp()
+    sp = Sparsifier(m).prune(0.5)
+    m.double()
+    sp.apply_masks()
+    assert m[0].weight.dtype == torch.float64 and m[0].prune_mask.dtype == torch.bool
+    assert bool((m[0].weight[~m[0].prune_mask] == 0).all())
+
+
+def _fake_backward(m):
+    x = torch.randn(16, 1, 8, 8); y = torch.randint(0, 10, (16,))
+    nn.functional.cross_entropy(m(x), y).backward()
+
+@pytest.mark.parametrize('crit', [Magnitude(), Magnitude(2), Gradient(), Taylor(), Movement(), BNScale(), GeometricMedian(), Random(0)],
+                         ids=lambda c: repr(c))
+def test_floor_holds_global_filter(crit):
+    torch.manual_seed(0)
+    m = digits_cnn(widths=(8, 64, 128))
+    sp = Sparsifier(m, Filter(), crit, context='global', min_keep=0.05)
+    if crit.needs_grad:
+        _fake_backward(m); sp.update()
+    sp.prune(0.9)
+    for u in sp.units:
+        keep = max(1, math.ceil(0.05 * u.n))
+        assert u.n - int(u.pruned().sum()) >= keep, u.name
+    assert sum(_pruned(sp)) == round(0.9 * sp.n_groups) - sp.shortfall
+    sp.prune(0.99)  # beyond what the floor allows: stops at the floor, reports the shortfall
+    assert [u.n - int(u.pruned().sum()) for u in sp.units] == [max(1, math.ceil(0.05 * u.n)) for u in sp.units]
+    assert sp.shortfall == round(0.99 * sp.n_groups) - sum(_pruned(sp)) > 0
+    assert 'short of its target' in repr(sp.report())
+
+
+def test_unnormalised_global_filter_collapses_without_floor():
+    torch.manual_seed(0)
+    m = digits_cnn()
+    sp = Sparsifier(m, Filter(), context='global', min_keep=0).prune(0.5)
+    assert sp.layer_sparsity()['0.0'] == 1.0
+    sp2 = Sparsifier(digits_cnn(), Filter(), context='global').prune(0.5)
+    assert all(v < 1 for v in sp2.layer_sparsity().values())
+
+
+def test_apply_masks_filter_zeroes_bias_and_bn():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    m(torch.randn(1, 3, 8, 8))
+    sp = Sparsifier(m, Filter(), layers=['0', '3'])
+    sp.prune(0.5).apply_masks()
+    dead = ~m[0].prune_mask.flatten(1).any(1)
+    assert int(dead.sum()) == 4
+    assert bool((m[0].bias[dead] == 0).all()) and bool((m[1].weight[dead] == 0).all()) and bool((m[1].bias[dead] == 0).all())
+    assert bool((m[0].bias[~dead] != 0).all())
+    with torch.no_grad():  # the pruned channels output exactly zero after BN + ReLU in eval mode too
+        m.eval(); h = m[2](m[1](m[0](torch.randn(2, 3, 8, 8))))
+    assert bool((h[:, dead] == 0).all())
+    # Weight granularity leaves biases alone
+    m2 = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    sp2 = Sparsifier(m2, Weight(), keep_classifier=True).prune(0.5)
+    b = m2[0].bias.clone(); sp2.apply_masks()
+    assert torch.equal(m2[0].bias, b)
+
+
+def test_apply_masks_keeps_zeros_after_updates():
+    m = mlp(); sp = Sparsifier(m).prune(0.8)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        m(torch.randn(4, 64)).sum().backward(); opt.step(); opt.zero_grad(); sp.apply_masks()
+    for mm in sp.layers.values(): assert bool((mm.weight[~mm.prune_mask] == 0).all())
+
+
+def test_remove_and_reset():
+    m = mlp(); sp = Sparsifier(m).prune(0.5)
+    sp.reset()
+    assert sp.sparsity() == 0 and sum(_pruned(sp)) == 0
+    sp.prune(0.5)
+    plain = sp.remove()
+    assert plain is m and not any('prune_mask' in k for k in m.state_dict())
+    assert float((m[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    mlp().load_state_dict(m.state_dict())
+    with pytest.raises(RuntimeError, match='removed'): sp.prune(0.6)
+
+
+def test_noop_prune_does_not_score():
+    calls = []
+    def score(mod): calls.append(1); return mod.weight.detach().abs()
+    sp = Sparsifier(mlp(), criterion=as_criterion(score), context='global')
+    sp.prune(0.5); n = len(calls)
+    assert n > 0
+    sp.prune(0.5); sp.prune(0.5 + 0.1 / sp.n_groups)  # same number of groups
+    assert len(calls) == n
+    assert sp.target_groups(0.5) == round(0.5 * sp.n_groups)
+    sp.prune(0.6); assert len(calls) > n
+
+
+def test_layer_selection(zoo):
+    sp = Sparsifier(zoo['resnet18']); sp.reset()
+    assert len(sp.layers) == 20 and 'fc' not in sp.layers
+    assert list(Sparsifier(mlp(), keep_classifier=True).layers) == ['0', '2', '4']
+    assert list(Sparsifier(mlp(), layers=['4']).layers) == ['4']
+    assert list(Sparsifier(mlp(), layer_types=[nn.Linear], exclude=lambda n, m: m.out_features == 64).layers) == ['0']
+    m = mlp(); assert list(Sparsifier(m, exclude=m[0]).layers) == ['2']
+    assert 'Linear' in repr(Sparsifier(mlp())) and '2 layers' in repr(Sparsifier(mlp()))
+    r = Sparsifier(mlp()).prune(0.5).report()
+    assert [row['layer'] for row in r.rows] == ['0', '2'] and r.total['sparsity'] == pytest.approx(0.5, abs=1e-3)
+    assert '| layer |' in r._repr_markdown_() and 'sparsity' in repr(r)
+
+
+def test_dict_targets():
+    m = mlp(); sp = Sparsifier(m)
+    sp.prune({'0': 0.3, m[2]: 0.7})
+    ls = sp.layer_sparsity()
+    assert ls['0'] == pytest.approx(0.3, abs=1e-3) and ls['2'] == pytest.approx(0.7, abs=1e-3)
+    sp.prune({'0': 0.5})
+    assert sp.layer_sparsity()['2'] == pytest.approx(0.7, abs=1e-3)
+    with pytest.raises(ValueError, match='never shrink'): sp.prune({'2': 0.6})
+
+
+def test_coupled_units_hook():
+    m = digits_cnn(); x = torch.randn(2, 1, 8, 8)
+    if importlib.util.find_spec('fastprune.compact') is None:
+        with pytest.raises(NotImplementedError, match='compact'): Sparsifier(m, Filter(), example_inputs=x)
+    else:
+        sp = Sparsifier(m, Filter(), context='global', example_inputs=x)
+        assert {n for u in sp.units for n in u.layers} == set(sp.layers)
+        sp.prune(0.5)
+        assert sum(_pruned(sp)) == round(0.5 * sp.n_groups) - sp.shortfall
+    Sparsifier(digits_cnn(), Weight(), example_inputs=x)  # unstructured: example_inputs are not needed
+
+
+@pytest.mark.parametrize('bad,err,msg', [(1.0, ValueError, r'\[0, 1\)'), (-0.1, ValueError, r'\[0, 1\)'), (float('nan'), ValueError, 'nan'),
+                                         ('0.5', TypeError, 'str'), (True, TypeError, 'bool'), ([0.5], TypeError, 'list')])
+def test_bad_sparsity(bad, err, msg):
+    with pytest.raises(err, match=msg): Sparsifier(mlp()).prune(bad)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="'globl'"): Sparsifier(mlp(), context='globl')
+    with pytest.raises(ValueError, match="'nope'"): Sparsifier(mlp()).prune({'nope': 0.5})
+    with pytest.raises(ValueError, match='not part of the model'): Sparsifier(mlp()).prune({nn.Linear(2, 2): 0.5})
+    with pytest.raises(ValueError, match='no prunable layer'): Sparsifier(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+    with pytest.raises(ValueError, match='no prunable layer'): Sparsifier(nn.Sequential(nn.Linear(3, 2)))  # only a classifier
+    with pytest.raises(ValueError, match='Filter'): Sparsifier(digits_cnn(), Weight(), BNScale())
+    with pytest.raises(ValueError, match="'features.0.0'"): Sparsifier(torchvision.models.mobilenet_v2(weights=None), NM(2, 4))
+    with pytest.raises(ValueError, match="'layer9'"): Sparsifier(mlp(), exclude='layer9')
+    with pytest.raises(ValueError, match="'bn'"): Sparsifier(mlp(), layers=['bn'])
+    with pytest.raises(ValueError, match='min_keep'): Sparsifier(mlp(), min_keep=-1)
+    with pytest.raises(ValueError, match='min_keep'): Sparsifier(mlp(), min_keep=1.5)
+    sp = Sparsifier(mlp()).prune(0.5)
+    with pytest.raises(ValueError, match='never shrink'): sp.prune(0.4)
+    sg = Sparsifier(mlp(), context='global').prune(0.5)
+    with pytest.raises(ValueError, match='never shrink'): sg.prune(0.4)
+    with pytest.raises(RuntimeError, match='update'): Sparsifier(digits_cnn(), Filter(), Taylor()).prune(0.5)
+
+
+def _ddp_worker(rank, world, port, q):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0); m = mlp()
+        sp = Sparsifier(m, criterion=Random(seed=rank), context='global')  # each rank would pick different weights
+        sp.prune(0.5)
+        q.put((rank, {n: mm.prune_mask.clone() for n, mm in sp.layers.items()}))
+    finally: dist.destroy_process_group()
+
+@pytest.mark.slow
+def test_distributed_masks_identical():
+    import torch.multiprocessing as mp, socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    ctx = mp.get_context('spawn'); q = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, q)) for r in range(2)]
+    for p in procs: p.start()
+    res = dict(q.get(timeout=240) for _ in procs)
+    for p in procs: p.join(60)
+    assert all(torch.equal(res[0][n], res[1][n]) for n in res[0])
+    # without the broadcast they would differ: rank 1's own choice is not rank 0's
+    torch.manual_seed(0); sp1 = Sparsifier(mlp(), criterion=Random(seed=1), context='global').prune(0.5)
+    assert not all(torch.equal(res[0][n], mm.prune_mask) for n, mm in sp1.layers.items())
