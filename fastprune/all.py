@@ -5,11 +5,17 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/09_all.ipynb #fef56fe2
+# %% ../nbs/09_all.ipynb #85c78497
 from fastai.basics import *
 from fastai.callback.all import *
+from .granularity import *
+from .criteria import *
 from .schedules import *
+from .sparsifier import *
+from .callback import *
+from .compact import *
+from .metrics import *
 from .data import *
 
-# %% ../nbs/09_all.ipynb #887f3a59
+# %% ../nbs/09_all.ipynb #2ac213e0
 __all__ = [n for n in dir() if not n.startswith('_')]
