@@ -64,6 +64,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'fastprune.cli.PruneRun.__repr__': ('cli.html#prunerun.__repr__', 'fastprune/cli.py'),
                                'fastprune.cli.PruneRun._compact_lines': ('cli.html#prunerun._compact_lines', 'fastprune/cli.py'),
                                'fastprune.cli.PruneRun._epochs': ('cli.html#prunerun._epochs', 'fastprune/cli.py'),
+                               'fastprune.cli.PruneRun._pruned_line': ('cli.html#prunerun._pruned_line', 'fastprune/cli.py'),
                                'fastprune.cli.PruneRun._repr_markdown_': ('cli.html#prunerun._repr_markdown_', 'fastprune/cli.py'),
                                'fastprune.cli.PruneRun._summary': ('cli.html#prunerun._summary', 'fastprune/cli.py'),
                                'fastprune.cli._Help': ('cli.html#_help', 'fastprune/cli.py'),

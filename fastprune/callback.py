@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PruneCallback', 'zero_masked_state', 'LotteryTicket']
 
-# %% ../nbs/04_callback.ipynb #642f4bed
+# %% ../nbs/04_callback.ipynb #0ed12eb2
 import math, numbers, inspect
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from .criteria import Criterion, Magnitude
 from .schedules import Schedule, agp, as_schedule
 from .sparsifier import Sparsifier
 
-# %% ../nbs/04_callback.ipynb #ec3e83d9
+# %% ../nbs/04_callback.ipynb #32dd9b06
 def _check_target(v, what):
     "`v` as a float if it is a real number in [0, 1), else ValueError naming `what`"
     if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
@@ -42,7 +42,7 @@ def _check_schedule(schedule, n:int=200):
 
 _sp_params = {k for k in inspect.signature(Sparsifier).parameters if k not in ('self', 'model')}
 
-# %% ../nbs/04_callback.ipynb #19e3580b
+# %% ../nbs/04_callback.ipynb #c9783d33
 class _SparsityMetric(Metric):
     "The sparsity of the layers pruned by a `PruneCallback`, as a column of the progress table"
     def __init__(self, cb): self.cb = cb
@@ -51,7 +51,7 @@ class _SparsityMetric(Metric):
     @property
     def name(self): return 'sparsity'
 
-# %% ../nbs/04_callback.ipynb #219ae026
+# %% ../nbs/04_callback.ipynb #ebf6887d
 class PruneCallback(Callback):
     "Prune `learn.model` while it trains: follow `schedule` up to `sparsity`, keep pruned weights at exactly 0"
     order,run_valid = 15,False  # after MixedPrecision (10) and DistributedTrainer (11); before Recorder (50), which shows our column
@@ -92,7 +92,7 @@ class PruneCallback(Callback):
         store_attr('context,update_every,soft,compact,summary,sparsifier_kwargs')
         self.sparsifier,self._model,self._metric,self.history = None,None,None,[]
 
-# %% ../nbs/04_callback.ipynb #04034a8b
+# %% ../nbs/04_callback.ipynb #581bec96
 @patch
 def setup(self:PruneCallback, learn=None):
     "Create the `Sparsifier` on `learn.model` now (registering its `prune_mask` buffers); reused while the model is the same"
@@ -111,7 +111,7 @@ def after_create(self:PruneCallback):
     "Register the masks as soon as the `Learner` exists, so `learn.load` of a pruned checkpoint works before any fit"
     self.setup()
 
-# %% ../nbs/04_callback.ipynb #6a58587f
+# %% ../nbs/04_callback.ipynb #807d5cb6
 @patch
 def _target(self:PruneCallback, f:float):
     "`sparsity` scaled by the schedule value `f`"
@@ -132,7 +132,7 @@ def _progress(self:PruneCallback):
     if not self.update_every: return p
     return min(math.floor(p/self.update_every + 1e-6)*self.update_every, 1.)
 
-# %% ../nbs/04_callback.ipynb #39a8b150
+# %% ../nbs/04_callback.ipynb #c083add4
 def _opt_state(opt):
     "The per-parameter state dict of a fastai `Optimizer`, an `OptimWrapper` or a torch optimizer"
     inner = getattr(opt, 'opt', None)
@@ -156,7 +156,7 @@ def _no_autocast(t:torch.Tensor):
     "Disable autocast (entered by `MixedPrecision.before_batch`) while scoring and masking"
     return torch.autocast(device_type=t.device.type, enabled=False)
 
-# %% ../nbs/04_callback.ipynb #b4ab5f4a
+# %% ../nbs/04_callback.ipynb #559caea5
 @patch
 def _prune(self:PruneCallback, f:float):
     "Extend the masks to `f*sparsity` (never below what is reached), zero the weights and their optimizer state"
@@ -205,15 +205,17 @@ def after_train(self:PruneCallback):
     "After the last training batch of the fit, reach the final target exactly"
     if not self.soft and self.learn.epoch == self.learn.n_epoch-1: self._maybe_prune(1.)
 
-# %% ../nbs/04_callback.ipynb #ceb761ae
+# %% ../nbs/04_callback.ipynb #3c482ed2
 @patch
-def _soft_prune(self:PruneCallback, f:float):
+def _soft_prune(self:PruneCallback, f:float, final:bool=False):
     "Soft pruning: forget the masks, recompute them from the current weights at `f*sparsity`, zero what they drop"
     with torch.no_grad(), _no_autocast(self._pairs[0][0]):
         self.sparsifier.reset()
         if f > 0: self.sparsifier.prune(self._target(f))
-        self.sparsifier.apply_masks()
-    self._refresh()
+        self._refresh()
+        if final: self.sparsifier.apply_masks()
+        else:  # weights only: a zeroed BatchNorm scale after a pruned filter would cut its gradient and stop regrowth
+            for w,m in self._pairs: w.mul_(m)
     self.history.append((float(self.learn.pct_train), self.sparsifier.sparsity()))
 
 @patch
@@ -221,7 +223,7 @@ def before_train(self:PruneCallback):
     "With `soft=True`, recompute the masks at the start of every epoch"
     if self.soft: self._soft_prune(self.schedule(self._progress()))
 
-# %% ../nbs/04_callback.ipynb #61edf72a
+# %% ../nbs/04_callback.ipynb #cbf2dda4
 def _show(o):
     "Display `o` in a notebook (markdown tables render), print it elsewhere"
     if IN_NOTEBOOK:
@@ -247,7 +249,7 @@ def show_summary(self:PruneCallback):
 @patch
 def after_fit(self:PruneCallback):
     "Finish soft pruning with hard masks, clean the optimizer state, drop the column, show the summary, compact if asked"
-    if self.soft: self._soft_prune(1.)
+    if self.soft: self._soft_prune(1., final=True)
     zero_masked_state(self.learn.opt, self._pairs)
     if self._metric is not None:
         self.learn.metrics = [m for m in self.learn.metrics if m is not self._metric]
@@ -258,7 +260,7 @@ def after_fit(self:PruneCallback):
         compact_learner(self.learn, self._example_inputs())
         self.sparsifier,self._model = None,None
 
-# %% ../nbs/04_callback.ipynb #3430dbd7
+# %% ../nbs/04_callback.ipynb #79417702
 class LotteryTicket(Callback):
     "Frankle & Carbin (2019): snapshot the weights at the start of epoch `epoch`; at the end of fit rewind the survivors to it"
     order = PruneCallback.order+1

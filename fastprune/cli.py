@@ -6,12 +6,12 @@
 __all__ = ['SCHEDULES', 'GRANULARITIES', 'CRITERIA', 'NORMALIZE', 'DEFAULT_SPARSITY', 'GROUP_NAMES', 'fastprune_parser',
            'pruning_setup', 'PruneRun', 'run', 'default_out_dir', 'write_outputs', 'main']
 
-# %% ../nbs/08_cli.ipynb #d0f7d530
-import argparse, sys, math, inspect, re, datetime, warnings
+# %% ../nbs/08_cli.ipynb #b76b856f
+import argparse, math, inspect, re, datetime, warnings
 from pathlib import Path
 from .schedules import one_shot, iterative, agp, linear, cosine
 
-# %% ../nbs/08_cli.ipynb #816571a1
+# %% ../nbs/08_cli.ipynb #08bae8aa
 SCHEDULES = {'one-shot':  lambda o: one_shot(o.start),
              'iterative': lambda o: iterative(o.steps, o.start, o.end),
              'agp':       lambda o: agp(o.start, o.end),
@@ -23,7 +23,7 @@ CRITERIA = {'magnitude': 'Magnitude', 'gradient': 'Gradient', 'taylor': 'Taylor'
 NORMALIZE = {'auto': None, 'none': None, 'mean': 'mean', 'max': 'max', 'sum': 'sum', 'l2': 'l2'}  # 'auto' is resolved by `pruning_setup`
 DEFAULT_SPARSITY = 0.8
 
-# %% ../nbs/08_cli.ipynb #455fac51
+# %% ../nbs/08_cli.ipynb #d7c5b0f8
 def _number(cast, ok, allowed):
     "An argparse type: `cast(s)`, accepted when `ok(value)`, else an error quoting the value and `allowed`"
     def conv(s):
@@ -41,7 +41,7 @@ def _granularity(s):
     if s in GRANULARITIES or (m and int(m[1]) < int(m[2])): return s
     raise argparse.ArgumentTypeError(f"invalid choice: {s!r} (choose from {', '.join(map(repr, GRANULARITIES))} or 'N:M' with N < M, e.g. '1:4')")
 
-# %% ../nbs/08_cli.ipynb #1c3108bd
+# %% ../nbs/08_cli.ipynb #465c7c99
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     "Show defaults, except `None` ones (their help says what they mean)"
     def _get_help_string(self, action):
@@ -84,7 +84,7 @@ def fastprune_parser() -> argparse.ArgumentParser:
     a('--out', type=Path, default=None, help="output folder (default: a new folder fastprune_out/run-<date>-<time>)")
     return p
 
-# %% ../nbs/08_cli.ipynb #cc7f1a6e
+# %% ../nbs/08_cli.ipynb #61f12165
 def pruning_setup(o:argparse.Namespace, # parsed options
                  ) -> dict:
     "Granularity, criterion, schedule, sparsity and excluded layers from options `o`; ValueError naming the options if they do not fit together"
@@ -124,7 +124,7 @@ def pruning_setup(o:argparse.Namespace, # parsed options
         raise ValueError(f"--granularity {o.granularity} --criterion {o.criterion} --schedule {o.schedule} --sparsity {sparsity}: {e}") from e
     return dict(granularity=g, criterion=crit, schedule=sched, sparsity=sparsity, skipped=skipped, **kw)
 
-# %% ../nbs/08_cli.ipynb #68d2c009
+# %% ../nbs/08_cli.ipynb #c4aba9ad
 def _fmt_n(n):
     "1234567 -> '1.23M'"
     for d, s in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
@@ -139,7 +139,7 @@ def _md_table(cols, rows):
     "A markdown table"
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|'*len(cols)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
 
-# %% ../nbs/08_cli.ipynb #72acfd46
+# %% ../nbs/08_cli.ipynb #a27b4882
 class PruneRun:
     "What a `fastprune` run measured: prints as the text report, renders as markdown"
     def __init__(self, **kw): self.__dict__.update(kw)
@@ -154,12 +154,20 @@ class PruneRun:
         lines += [f"left dense: '{n}' ({e.split(': ', 1)[-1]})" for n, e in self.skipped.items()]
         lines += ['',
                   f"accuracy: dense {self.dense_acc:.4f}, pruned {self.pruned_acc:.4f} ({100*(self.pruned_acc-self.dense_acc):+.2f} points)",
-                  f"pruned: {self.groups_pruned:,} of {self.groups:,} {self.group_name} ({self.groups_pruned/self.groups:.2%}, target {self.sparsity:.2%})"
-                  + ('' if self.granularity.name == 'weight' else
-                     f"; zero weights in the pruned layers: {self.achieved:.2%}" + (" (coupled layers lose the matching channels too)" if self.granularity.structured else '')),
+                  self._pruned_line(),
                   f"compression ratio: {s['compression_ratio']:.2f}x (all parameters), {s['weight_compression_ratio']:.2f}x (prunable weights)",
                   f"theoretical speedup: {s['theoretical_speedup']:.2f}x (FLOPs of one image {_fmt_n(s['flops'])} -> {_fmt_n(s['nonzero_flops'])} non-zero)"]
         return lines
+
+    def _pruned_line(self):
+        "Groups pruned vs their target; for coarser groups, also the fraction of zero weights"
+        g = self.granularity
+        line = (f"pruned: {self.groups_pruned:,} of {self.groups:,} {self.group_name} ({self.groups_pruned/self.groups:.2%}, "
+                f"target {self.sparsity/g.group_sparsity:.2%})")
+        if g.name == 'weight': return line
+        return (line + f"; zero weights in the pruned layers: {self.achieved:.2%}"
+                + (f" (target {self.sparsity:.2%})" if g.group_sparsity < 1 else '')
+                + (" (coupled layers lose the matching channels too)" if g.structured else ''))
 
     def _compact_lines(self):
         if self.compacted is None:
@@ -185,7 +193,7 @@ class PruneRun:
                           ['', '### Per-layer sparsity', '', self.report._repr_markdown_(), ''] + [f"{l}  " for l in self._compact_lines()]
                           + ['', '### Pruning run, per epoch', '', hist])
 
-# %% ../nbs/08_cli.ipynb #b7041356
+# %% ../nbs/08_cli.ipynb #5e3551c0
 def _plain(model):
     "`model` without fastprune's `prune_mask` buffers (the masked weights are already zero)"
     for m in model.modules(): m._buffers.pop('prune_mask', None)
@@ -196,7 +204,7 @@ def _history(learn):
     names = learn.recorder.metric_names[1:-1]
     return [(i, float(v[names.index('sparsity')]), float(v[names.index('accuracy')])) for i, v in enumerate(learn.recorder.values)]
 
-# %% ../nbs/08_cli.ipynb #b5ceb1ab
+# %% ../nbs/08_cli.ipynb #d0714aa6
 def run(o:argparse.Namespace, # options from `fastprune_parser`
        ) -> PruneRun:
     "Train the digits CNN dense, prune a copy while fine-tuning it, measure both (no file written)"
@@ -256,13 +264,13 @@ def _run(o, ps):
     res.model = res.compacted if structured else _plain(copy.deepcopy(masked))
     return res
 
-# %% ../nbs/08_cli.ipynb #82e546c1
+# %% ../nbs/08_cli.ipynb #9cfe91e0
 def default_out_dir(base='fastprune_out') -> Path:
     "A new folder name `base/run-YYYYmmdd-HHMMSS` (with a suffix if that exists)"
     p = Path(base)/f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     return next(q for q in [p] + [p.with_name(f"{p.name}-{i}") for i in range(2, 1000)] if not q.exists())
 
-# %% ../nbs/08_cli.ipynb #cdb0671f
+# %% ../nbs/08_cli.ipynb #e03c9140
 def write_outputs(res:PruneRun, # the result of `run`
                   out:Path, # an existing folder
                  ) -> list:
@@ -290,7 +298,7 @@ def write_outputs(res:PruneRun, # the result of `run`
     (out/'report.md').write_text(res._repr_markdown_() + '\n'); files.append(out/'report.md')
     return files
 
-# %% ../nbs/08_cli.ipynb #41c17b37
+# %% ../nbs/08_cli.ipynb #023220c0
 def main(argv:list=None, # command-line arguments (default: `sys.argv[1:]`)
         ) -> int:
     "The `fastprune` command: parse and check the options, run, print the report, write the files"

@@ -6,13 +6,13 @@
 __all__ = ['Criterion', 'Magnitude', 'Gradient', 'Taylor', 'Movement', 'following_bn', 'BNScale', 'GeometricMedian', 'Random',
            'FuncCriterion', 'as_criterion']
 
-# %% ../nbs/01_criteria.ipynb #5683627c
+# %% ../nbs/01_criteria.ipynb #01998e0e
 import math, zlib, weakref, torch
 from torch import nn, fx, Tensor
 from .granularity import *
 from .granularity import _layer_kind
 
-# %% ../nbs/01_criteria.ipynb #1994beb8
+# %% ../nbs/01_criteria.ipynb #5ef7fc1a
 _NORMS = (None, 'mean', 'max', 'sum', 'l2')
 
 class Criterion:
@@ -76,7 +76,7 @@ class Criterion:
 
 _WEAK = '<per-module state, not pickled>'
 
-# %% ../nbs/01_criteria.ipynb #3ed48ff4
+# %% ../nbs/01_criteria.ipynb #45e277fd
 class Magnitude(Criterion):
     "Weight magnitude: |w| per weight, the Lp norm of each group"
     def __init__(self, p:float=1, # order of the norm (1: L1, 2: L2)
@@ -90,7 +90,7 @@ class Magnitude(Criterion):
     def post(self, s): return s if self.p == 1 else s.clamp_min(0).pow(1/self.p)
     def _args(self): return {'p': self.p}
 
-# %% ../nbs/01_criteria.ipynb #e0d254dc
+# %% ../nbs/01_criteria.ipynb #4889c8df
 class _GradCriterion(Criterion):
     needs_grad = True
     def _wg(self, module):
@@ -142,7 +142,7 @@ class Movement(_GradCriterion):
         if wg is not None: self._accumulate(module, 'elem', -wg)
     def element_scores(self, module): return self._get(module, 'elem')[0].clone()
 
-# %% ../nbs/01_criteria.ipynb #d47015cd
+# %% ../nbs/01_criteria.ipynb #d54cd0fb
 _BN = nn.modules.batchnorm._BatchNorm
 
 class _LeafTracer(fx.Tracer):
@@ -195,7 +195,7 @@ def following_bn(model:nn.Module, # the model containing the layers
     else: res = _following_bn_order(model, layers)
     return {n: res[n] for n in layers if n in res}
 
-# %% ../nbs/01_criteria.ipynb #789e7fc3
+# %% ../nbs/01_criteria.ipynb #4b11b5ef
 class BNScale(Criterion):
     "Network slimming (Liu et al. 2017): |gamma| of the BatchNorm fed by each filter. `Filter()` only."
     def __init__(self, normalize:str=None,
@@ -234,7 +234,7 @@ class BNScale(Criterion):
 
     def _args(self): return {'fallback': self.fallback} if self.fallback is not None else {}
 
-# %% ../nbs/01_criteria.ipynb #1f31919e
+# %% ../nbs/01_criteria.ipynb #3894eec3
 class GeometricMedian(Criterion):
     "FPGM (He et al. 2019): sum of a filter's distances to the layer's other filters. `Filter()` only."
     def check(self, granularity, name=''):
@@ -256,7 +256,7 @@ class GeometricMedian(Criterion):
         s = self.group_scores(module, Filter())
         return Filter().ungroup(s[:, None].expand(-1, Filter().group_size(module)), module)
 
-# %% ../nbs/01_criteria.ipynb #314ece48
+# %% ../nbs/01_criteria.ipynb #fa91dea9
 class Random(Criterion):
     "Uniform random scores, reproducible by `seed` and independent of the order layers are scored in"
     def __init__(self, seed:int=0, normalize:str=None):
@@ -271,7 +271,7 @@ class Random(Criterion):
         return self._rand(module, (granularity.n_groups(module),), repr(granularity))
     def _args(self): return {'seed': self.seed}
 
-# %% ../nbs/01_criteria.ipynb #a49542c5
+# %% ../nbs/01_criteria.ipynb #db284666
 class FuncCriterion(Criterion):
     "A `Criterion` whose element scores come from a plain callable `f(module) -> weight-shaped tensor`"
     def __init__(self, f, normalize:str=None, needs_grad:bool=False):

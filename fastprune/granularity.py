@@ -6,12 +6,12 @@
 __all__ = ['layer_dims', 'canonical', 'uncanonical', 'Granularity', 'Weight', 'Kernel', 'Filter', 'Channel', 'NM', 'show_groups',
            'as_granularity']
 
-# %% ../nbs/00_granularity.ipynb #7eb47100
+# %% ../nbs/00_granularity.ipynb #47e4e610
 import math, torch
 from torch import nn, Tensor
 from torch.nn.modules.conv import _ConvNd
 
-# %% ../nbs/00_granularity.ipynb #3e4ea23d
+# %% ../nbs/00_granularity.ipynb #6c86eae3
 def _layer_kind(module):
     if isinstance(module, _ConvNd): return 'convt' if module.transposed else 'conv'
     if isinstance(module, nn.Linear): return 'linear'
@@ -43,7 +43,7 @@ def uncanonical(c:Tensor, # a `(groups, out/groups, in/groups, kernel)` tensor
     if _layer_kind(module) == 'convt': c = c.transpose(1, 2)
     return c.reshape(module.weight.shape)
 
-# %% ../nbs/00_granularity.ipynb #8944a026
+# %% ../nbs/00_granularity.ipynb #6da5e9af
 _AXES = 'goik'
 
 class Granularity:
@@ -97,7 +97,7 @@ class Granularity:
                scores:Tensor=None, # weight-shaped element scores (only used by `NM`)
               ) -> Tensor:
         "Weight-shaped bool mask (True = kept) from a per-group decision"
-        keep = _check_keep(keep, self.n_groups(module), self)
+        keep = _check_keep(keep, self.n_groups(module), self).to(module.weight.device)
         return self.ungroup(keep[:, None].expand(-1, self.group_size(module)), module).clone(memory_format=torch.contiguous_format)
 
     def pruned_groups(self, mask:Tensor, module:nn.Module) -> Tensor:
@@ -117,7 +117,7 @@ def _check_keep(keep, n, gran):
     if keep.shape != (n,): raise ValueError(f"{gran!r}.expand: keep must have shape ({n},), got {tuple(keep.shape)}")
     return keep.bool()
 
-# %% ../nbs/00_granularity.ipynb #1a1a2e73
+# %% ../nbs/00_granularity.ipynb #42ab7fc2
 class Weight(Granularity):
     "Every weight is its own group (unstructured pruning)"
     name, group_dims = 'weight', 'goik'
@@ -138,7 +138,7 @@ class Channel(Granularity):
     "One group per input channel (conv) or input feature (Linear)"
     name, group_dims, structured = 'channel', 'gi', True
 
-# %% ../nbs/00_granularity.ipynb #d7882a63
+# %% ../nbs/00_granularity.ipynb #bd90f074
 class NM(Granularity):
     "Blocks of `m` consecutive weights along the input dimension; a pruned block keeps its `n` best weights"
     name, structured = 'nm', False
@@ -204,7 +204,7 @@ def _top_n_t(st, n):
             beaten[j] += c; beaten[k] -= c
     return beaten < n
 
-# %% ../nbs/00_granularity.ipynb #6633e44e
+# %% ../nbs/00_granularity.ipynb #4116e05c
 def show_groups(g:Granularity, # the granularity to draw
                 module:nn.Module, # a Conv1d/Conv2d/ConvTranspose or Linear layer (small)
                 keep:Tensor=None, # optional bool (n_groups,): draw `g.expand(keep)` instead of the groups
@@ -241,7 +241,7 @@ def show_groups(g:Granularity, # the granularity to draw
     ax.set_xlabel('input channels'); ax.set_ylabel('filters')
     return ax
 
-# %% ../nbs/00_granularity.ipynb #d8950911
+# %% ../nbs/00_granularity.ipynb #1a737990
 _GRANULARITIES = {'weight': Weight, 'kernel': Kernel, 'filter': Filter, 'channel': Channel}
 
 def as_granularity(g) -> Granularity:

@@ -8,7 +8,7 @@ __all__ = ['effective_weight', 'effective_params', 'Counts', 'prunable_layers', 
            'LatencyResult', 'measure_latency', 'plot_layer_sparsity', 'layer_sizes', 'plot_params_flops',
            'plot_weight_hist', 'plot_tradeoff', 'Sensitivity', 'sensitivity_analysis']
 
-# %% ../nbs/06_metrics.ipynb #ba5c88ee
+# %% ../nbs/06_metrics.ipynb #acf664b0
 import time, copy, math, statistics, warnings
 from typing import NamedTuple
 import torch
@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import pandas as pd
 from .sparsifier import Sparsifier, PRUNABLE_TYPES
 
-# %% ../nbs/06_metrics.ipynb #cb3ab427
+# %% ../nbs/06_metrics.ipynb #ecf566bd
 def effective_weight(module:nn.Module, # any module
                      name:str='weight', # parameter name
                     ) -> Tensor|None:
@@ -30,7 +30,7 @@ def effective_weight(module:nn.Module, # any module
     w = getattr(module, name, None)
     return w.detach() if isinstance(w, Tensor) else None
 
-# %% ../nbs/06_metrics.ipynb #9f2abf90
+# %% ../nbs/06_metrics.ipynb #bc96f0b3
 def effective_params(model:nn.Module) -> dict:
     "`{name: tensor}` of every parameter of `model` as the forward pass uses it (pruning/parametrization re-parametrisations undone, shared tensors once)"
     out, seen = {}, set()
@@ -49,7 +49,7 @@ def effective_params(model:nn.Module) -> dict:
             else: out[pre+pn] = p.detach()
     return out
 
-# %% ../nbs/06_metrics.ipynb #1a53ab8f
+# %% ../nbs/06_metrics.ipynb #d28307d9
 class Counts(NamedTuple):
     "A `(total, nonzero)` count of parameters or FLOPs"
     total:int
@@ -87,7 +87,7 @@ def count_params(model:nn.Module, # any module
     ts = effective_params(model).values() if scope=='all' else [effective_weight(m) for m in prunable_layers(model, layer_types).values()]
     return Counts(sum(t.numel() for t in ts), sum(_nz(t) for t in ts))
 
-# %% ../nbs/06_metrics.ipynb #a18665e3
+# %% ../nbs/06_metrics.ipynb #0d3e39a7
 def _as_tuple(x): return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 def _device(model):
@@ -139,7 +139,7 @@ def count_flops(model:nn.Module, # any module
     fl = layer_flops(model, example_inputs).values()
     return Counts(sum(c.total for c in fl), sum(c.nonzero for c in fl))
 
-# %% ../nbs/06_metrics.ipynb #b45c735d
+# %% ../nbs/06_metrics.ipynb #ed9ff21f
 def compression_ratio(model:nn.Module, # the pruned (masked or compacted) model
                       dense:nn.Module=None, # the original model, for totals (needed when `model` was compacted)
                       scope:str='all', # count 'all' parameters (ShrinkBench) or only prunable layers' 'weights'
@@ -159,7 +159,7 @@ def theoretical_speedup(model:nn.Module, # the pruned (masked or compacted) mode
     nz = count_flops(model, example_inputs).nonzero
     return total/nz if nz else math.inf
 
-# %% ../nbs/06_metrics.ipynb #471169fa
+# %% ../nbs/06_metrics.ipynb #a8018638
 def _fmt(n):
     if isinstance(n, float) and not n.is_integer(): return f'{n:.3g}'
     n = int(n)
@@ -200,7 +200,7 @@ class MetricsReport:
         rows += ['| ' + ' | '.join(str(v) for v in r) + ' |' for r in d.itertuples(index=False)]
         return '\n'.join(rows) + '\n\n' + '  \n'.join(self._footer())
 
-# %% ../nbs/06_metrics.ipynb #8b42082d
+# %% ../nbs/06_metrics.ipynb #ee6b864b
 def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
                     example_inputs=None, # a tensor or a tuple of tensors; without it, no FLOP columns
                     dense:nn.Module=None, # the original model, for totals (needed when `model` was compacted)
@@ -227,7 +227,7 @@ def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
         summary.update(flops=total, nonzero_flops=nzf, theoretical_speedup=total/nzf if nzf else math.inf)
     return MetricsReport(df, summary)
 
-# %% ../nbs/06_metrics.ipynb #5a1c03b1
+# %% ../nbs/06_metrics.ipynb #b05c1ebd
 class LatencyResult:
     "Median latencies of several models and their speedup over the first (baseline) one"
     def __init__(self, df:pd.DataFrame, times:dict): self.df, self.times = df, times
@@ -284,10 +284,10 @@ def measure_latency(models:dict|list, # {name: model} or a list of models; the f
                        'speedup': [base/v for v in med.values()]})
     return LatencyResult(df, times)
 
-# %% ../nbs/06_metrics.ipynb #32636a6b
+# %% ../nbs/06_metrics.ipynb #fce48a23
 import matplotlib.pyplot as plt
 
-# %% ../nbs/06_metrics.ipynb #0495122d
+# %% ../nbs/06_metrics.ipynb #28184286
 def _ax(ax, figsize):
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     return ax
@@ -309,7 +309,7 @@ def plot_layer_sparsity(model, # an `nn.Module` or a `MetricsReport`
     ax.set_title('Weight sparsity per layer')
     return ax
 
-# %% ../nbs/06_metrics.ipynb #80facdb5
+# %% ../nbs/06_metrics.ipynb #807d554b
 def layer_sizes(model:nn.Module, layer_types:tuple=PRUNABLE_TYPES) -> dict:
     "`{name: number of weights}` of each prunable layer, from shapes only (works on the 'meta' device)"
     return {n: effective_weight(m).numel() for n, m in prunable_layers(model, layer_types).items()}
@@ -333,7 +333,7 @@ def plot_params_flops(model:nn.Module, # any module (it may live on the 'meta' d
     ax.set_ylabel('share of the total (%)'); ax.legend(); ax.set_title('Weights and FLOPs per layer')
     return ax
 
-# %% ../nbs/06_metrics.ipynb #2248c3ba
+# %% ../nbs/06_metrics.ipynb #1477b784
 def _weights(model, layer_types):
     ws = [effective_weight(m).flatten().float().cpu() for m in prunable_layers(model, layer_types).values()]
     return torch.cat(ws) if ws else torch.zeros(0)
@@ -359,7 +359,7 @@ def plot_weight_hist(before:nn.Module, # the model before pruning (or any model)
     ax.set_title('Weights of the prunable layers')
     return ax
 
-# %% ../nbs/06_metrics.ipynb #948d8e5b
+# %% ../nbs/06_metrics.ipynb #3c497c6f
 def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
                   metric:str='accuracy', # the metric's name, for the y label
                   baseline:float=None, # the dense model's metric, drawn as a horizontal line
@@ -377,13 +377,13 @@ def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
     ax.set_xlabel('sparsity (%)'); ax.set_ylabel(metric); ax.legend(); ax.set_title(f'{metric} vs sparsity')
     return ax
 
-# %% ../nbs/06_metrics.ipynb #53c4db70
+# %% ../nbs/06_metrics.ipynb #cbd0e981
 from fastcore.basics import patch_to
 from fastprogress.fastprogress import progress_bar
 from .granularity import Weight
 from .criteria import Magnitude
 
-# %% ../nbs/06_metrics.ipynb #1ceea371
+# %% ../nbs/06_metrics.ipynb #597e15f3
 class Sensitivity:
     "The metric after pruning each layer alone to each sparsity: one curve per layer, a plot, and a per-layer sparsity suggestion"
     def __init__(self, curves:dict, # {layer name: [(sparsity, metric), ...]}
@@ -413,7 +413,7 @@ class Sensitivity:
             out[n] = pts
         return out
 
-# %% ../nbs/06_metrics.ipynb #d5e6e0f5
+# %% ../nbs/06_metrics.ipynb #7b10a8e6
 @patch_to(Sensitivity)
 def suggest(self, target:float, # overall sparsity wanted over the analysed layers, in [0, 1)
             tolerance:float=None, # max metric drop allowed to any single layer (as measured alone); None: no cap
@@ -454,7 +454,7 @@ def plot(self, ax=None, # matplotlib Axes to draw on
     ax.legend(fontsize=7, ncol=max(1, len(self.curves)//12), loc='best')
     return ax
 
-# %% ../nbs/06_metrics.ipynb #48853387
+# %% ../nbs/06_metrics.ipynb #c63c0ccd
 def _learner_eval(learn, metric):
     names = ['loss'] + [getattr(m, 'name', str(m)) for m in learn.metrics]
     if metric is None: metric = 1 if len(names) > 1 else 0

@@ -6,17 +6,17 @@
 __all__ = ['PRUNABLE_TYPES', 'select_layers', 'PruneUnit', 'LayerUnit', 'lowest_k', 'global_threshold', 'global_select',
            'Sparsifier', 'SparsityReport']
 
-# %% ../nbs/03_sparsifier.ipynb #26d709b7
+# %% ../nbs/03_sparsifier.ipynb #2e969864
 import math, numbers, torch
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .granularity import *
 from .criteria import *
 
-# %% ../nbs/03_sparsifier.ipynb #3e4daacd
+# %% ../nbs/03_sparsifier.ipynb #471fa5d1
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
-def _as_list(x): return [] if x is None else list(x) if isinstance(x, (list, tuple, set)) else [x]
+def _as_list(x): return [] if x is None else list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, (list, tuple, set)) else [x]
 
 def _under(prefix): return lambda n, m: prefix == '' or n == prefix or n.startswith(prefix + '.')
 
@@ -66,7 +66,7 @@ def select_layers(model:nn.Module, # the model to prune
                          "(the final classifier is left out unless keep_classifier=True; check `layers`/`exclude`)")
     return dict(sel)
 
-# %% ../nbs/03_sparsifier.ipynb #f37af760
+# %% ../nbs/03_sparsifier.ipynb #60674055
 class PruneUnit:
     "A set of `n` groups decided together: scored by a criterion, masked into one or more layers"
     name:str = ''    # label in messages and reports
@@ -117,7 +117,7 @@ class LayerUnit(PruneUnit):
             es = torch.where(mask, es, float('-inf'))
         mask.logical_and_(self.granularity.expand(~pruned, self.module, scores=es))
 
-# %% ../nbs/03_sparsifier.ipynb #1ab1aec3
+# %% ../nbs/03_sparsifier.ipynb #9c77b234
 def lowest_k(s:Tensor, # `(n,)` scores
              k:int, # how many to select
              t:float=None, # the k-th lowest value if already known (skips the `kthvalue`)
@@ -138,7 +138,7 @@ def lowest_k(s:Tensor, # `(n,)` scores
     if k > nlt: lt |= eq & (eq.cumsum(0) <= k - nlt)
     return lt
 
-# %% ../nbs/03_sparsifier.ipynb #ac9ba525
+# %% ../nbs/03_sparsifier.ipynb #74ccf70d
 _NB = 1 << 16
 
 def _keys(s):
@@ -196,10 +196,10 @@ def _global_select(get, sizes, caps, k, sample=1 << 16, max_candidates=1 << 21):
     "`(selections, counts)`: see `global_select`"
     U, N = len(sizes), sum(sizes)
     if not 0 < k <= sum(caps): raise ValueError(f"k must be in (0, {sum(caps)}], got {k}")
-    dev = get(0).device
     stride = max(1, N // sample)
     # 1. bracket the k-th score with a strided sample; a sample element stands for `w` scores of its unit
     vals = [get(u)[::stride] for u in range(U)]
+    dev = vals[0].device
     w = torch.cat([torch.full((len(v),), n / max(len(v), 1), device=dev) for v, n in zip(vals, sizes)])
     uid = torch.cat([torch.full((len(v),), u, device=dev) for u, v in enumerate(vals)])
     vals = torch.cat(vals).float()
@@ -267,7 +267,7 @@ def _select_radix(get, caps, k):
         counts.append(base + x)
     return out, counts
 
-# %% ../nbs/03_sparsifier.ipynb #bb61ef20
+# %% ../nbs/03_sparsifier.ipynb #b40180e7
 def _check_sparsity(s, what='sparsity'):
     if isinstance(s, Tensor) and s.numel() == 1: s = s.item()
     if isinstance(s, bool) or not isinstance(s, numbers.Real):
@@ -347,7 +347,7 @@ class Sparsifier:
         body = names if len(names) <= 12 else names[:6] + ['...'] + names[-5:]
         return '\n'.join([head] + [f"  {n}" if n == '...' else f"  {n}: {type(self.layers[n]).__name__}{tuple(self.layers[n].weight.shape)}" for n in body])
 
-# %% ../nbs/03_sparsifier.ipynb #68b4797c
+# %% ../nbs/03_sparsifier.ipynb #bd81f687
 @patch
 def _floor(self:Sparsifier, u):
     "Groups unit `u` keeps in global context"
@@ -481,7 +481,7 @@ def _sync(self:Sparsifier):
 def _alive(self:Sparsifier):
     if getattr(self, '_removed', False): raise RuntimeError("this Sparsifier was removed (its masks are baked into the weights); create a new one")
 
-# %% ../nbs/03_sparsifier.ipynb #9a503ed6
+# %% ../nbs/03_sparsifier.ipynb #ac43c4da
 @patch
 def _make_plan(self:Sparsifier) -> list:
     plan, dense = [], set()
@@ -539,7 +539,7 @@ def remove(self:Sparsifier) -> nn.Module:
     self._removed, self._plan = True, None
     return self.model
 
-# %% ../nbs/03_sparsifier.ipynb #7298d24d
+# %% ../nbs/03_sparsifier.ipynb #e78f9478
 def _fmt(col, v):
     if isinstance(v, float): return f"{v:.2%}" if 'sparsity' in col or col.endswith('%') else f"{v:,.4g}"
     if isinstance(v, bool): return str(v)

@@ -194,3 +194,16 @@ def test_default_out_dir_is_new(tmp_path):
 def test_defaults():
     o = fastprune_parser().parse_args([])
     assert (o.sparsity, o.schedule, o.granularity, o.criterion, o.context, o.epochs) == (None, 'agp', 'weight', 'magnitude', 'global', 5)
+
+
+@pytest.mark.slow
+def test_nm_run_leaves_first_conv_dense_and_saves_2_4_pattern(tmp_path):
+    code, text = _run_main(['--epochs', '1', '--granularity', 'nm', '--out', str(tmp_path)])
+    assert code == 0
+    assert "left dense: '0.0'" in text and '2:4 blocks' in text and 'target 50.00%' in text
+    m = torch.load(tmp_path/'pruned_model.pt', weights_only=False)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert bool((convs[0].weight != 0).all())  # 9 inputs per filter: not a multiple of 4, left dense
+    for c in convs[1:]:
+        blocks = (c.weight.reshape(c.weight.shape[0], -1) != 0).reshape(-1, 4).sum(1)
+        assert (blocks <= 2).float().mean() > 0.95  # the global floor keeps 1% of each layer's blocks whole

@@ -212,3 +212,21 @@ def test_vectorised_speed():
             r = g.reduce(s, m)
             g.expand(r > r.mean(), m, s)
     assert time.perf_counter() - t0 < 15   # a Python loop over groups would take minutes
+
+def test_masks_follow_the_weight_device():
+    "A keep vector on the CPU gives a mask on the weight's device (meta here, standing in for cuda)"
+    with torch.device('meta'): m = nn.Conv2d(4, 8, 3)
+    for g in GRANS + [NM(2, 4)]:
+        keep = torch.ones(g.n_groups(m), dtype=torch.bool)
+        assert g.expand(keep, m).device.type == 'meta', g
+
+def test_show_groups_draws_every_layer_kind():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    for m in [nn.ConvTranspose2d(4, 6, 3, groups=2), nn.Linear(8, 3), nn.Conv1d(4, 4, 3), nn.Conv2d(4, 4, 2, groups=4)]:
+        for g in GRANS:
+            ax = show_groups(g, m)
+            assert ax.get_title() == g.name and len(ax.images) == 1
+            show_groups(g, m, keep=torch.rand(g.n_groups(m)) > .5)
+            plt.close('all')
+    with pytest.raises(ValueError, match="1-d and 2-d"): show_groups(Filter(), nn.Conv3d(2, 2, 2))

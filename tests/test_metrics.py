@@ -268,3 +268,30 @@ def test_sensitivity_analysis_with_sparsifier():
     for k, v in sug.items(): assert achieved[k] == pytest.approx(v, abs=0.1)
     import matplotlib.pyplot as plt
     assert isinstance(sens.plot(), plt.Axes); plt.close('all')
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10_000), st.lists(st.floats(0, 1), min_size=3, max_size=3)), min_size=1, max_size=6),
+       st.floats(0, 0.94))
+def test_suggest_hits_target(layers, target):
+    "Whatever the curves, the suggestion's weight-weighted average is the target, and stays on the measured grid"
+    sp = (0.3, 0.6, 0.95)
+    curves = {f'l{i}': list(zip(sp, vals)) for i, (_, vals) in enumerate(layers)}
+    sizes = {f'l{i}': n for i, (n, _) in enumerate(layers)}
+    sug = Sensitivity(curves, 1.0, sizes).suggest(target)
+    assert set(sug) == set(curves)
+    assert all(0 <= s <= 0.95 + 1e-12 for s in sug.values())
+    assert sum(sizes[k]*v for k, v in sug.items())/sum(sizes.values()) == pytest.approx(target, abs=1e-9)
+
+
+def test_sensitivity_analysis_errors():
+    pytest.importorskip('fastprune.sparsifier')
+    from fastprune.criteria import Taylor
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match='gradients'): sensitivity_analysis(m, lambda m: 1., criterion=Taylor())
+    with pytest.raises(ValueError, match='sparsities'): sensitivity_analysis(m, lambda m: 1., sparsities=(0.5, 1.0))
+    with pytest.raises(TypeError, match='evaluate'): sensitivity_analysis(m, 3)
+    sens = sensitivity_analysis(m, lambda model: float(model[0].weight.count_nonzero()), sparsities=(0.5,),
+                                layers=[m[0], '1'], progress=False)
+    assert sens.curves == {'0': [(0.5, 8.)], '1': [(0.5, 16.)]}   # each trial prunes one layer only
+    assert sens.baseline == 16.
