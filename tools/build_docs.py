@@ -18,6 +18,16 @@ def _nbdev_native():
     subprocess.run(['nbdev-readme'], cwd=ROOT, check=True)
 
 
+def _as_terminal(text):
+    "What a terminal shows for `text`: each carriage return rewinds its line (fastprogress's console bars)"
+    lines = [l.split('\r')[-1].rstrip() for l in text.split('\n')]
+    return '\n'.join(l for l in lines if l.strip('█ ')) + ('\n' if text.endswith('\n') else '')
+
+
+def _is_warning(o):
+    return o.get('output_type') == 'stream' and o.get('name') == 'stderr' and 'Warning' in o.get('text', '')
+
+
 def _prep(nb):
     "Ready a processed notebook for nbconvert: front matter back to a title, directives and bad metadata out"
     import nbformat, yaml
@@ -28,6 +38,9 @@ def _prep(nb):
             front = yaml.safe_load(c.source.strip().strip('-')) or {}
             continue
         if c.cell_type == 'code':
+            c.outputs = [o for o in c.get('outputs', []) if not _is_warning(o)]
+            for o in c.outputs:
+                if o.get('output_type') == 'stream': o['text'] = _as_terminal(o['text'])
             c.source = '\n'.join(l for l in c.source.splitlines() if not l.startswith('#|')).strip()
             if not c.source and not c.get('outputs'): continue
         cells.append(c)
