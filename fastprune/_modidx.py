@@ -403,6 +403,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastprune.sparsifier.PruneUnit.set_pruned': ( 'sparsifier.html#pruneunit.set_pruned',
                                                                                      'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier': ('sparsifier.html#sparsifier', 'fastprune/sparsifier.py'),
+                                      'fastprune.sparsifier.Sparsifier.__getstate__': ( 'sparsifier.html#sparsifier.__getstate__',
+                                                                                        'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier.__init__': ( 'sparsifier.html#sparsifier.__init__',
                                                                                     'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier.__repr__': ( 'sparsifier.html#sparsifier.__repr__',

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PruneCallback', 'zero_masked_state', 'LotteryTicket']
 
-# %% ../nbs/04_callback.ipynb #0ed12eb2
+# %% ../nbs/04_callback.ipynb #2f7d4236
 import math, numbers, inspect
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from .criteria import Criterion, Magnitude
 from .schedules import Schedule, agp, as_schedule
 from .sparsifier import Sparsifier
 
-# %% ../nbs/04_callback.ipynb #32dd9b06
+# %% ../nbs/04_callback.ipynb #b0ac7f66
 def _check_target(v, what):
     "`v` as a float if it is a real number in [0, 1), else ValueError naming `what`"
     if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
@@ -42,7 +42,7 @@ def _check_schedule(schedule, n:int=200):
 
 _sp_params = {k for k in inspect.signature(Sparsifier).parameters if k not in ('self', 'model')}
 
-# %% ../nbs/04_callback.ipynb #c9783d33
+# %% ../nbs/04_callback.ipynb #4cf204d4
 class _SparsityMetric(Metric):
     "The sparsity of the layers pruned by a `PruneCallback`, as a column of the progress table"
     def __init__(self, cb): self.cb = cb
@@ -51,7 +51,7 @@ class _SparsityMetric(Metric):
     @property
     def name(self): return 'sparsity'
 
-# %% ../nbs/04_callback.ipynb #ebf6887d
+# %% ../nbs/04_callback.ipynb #39d8bde3
 class PruneCallback(Callback):
     "Prune `learn.model` while it trains: follow `schedule` up to `sparsity`, keep pruned weights at exactly 0"
     order,run_valid = 15,False  # after MixedPrecision (10) and DistributedTrainer (11); before Recorder (50), which shows our column
@@ -92,7 +92,7 @@ class PruneCallback(Callback):
         store_attr('context,update_every,soft,compact,summary,sparsifier_kwargs')
         self.sparsifier,self._model,self._metric,self.history = None,None,None,[]
 
-# %% ../nbs/04_callback.ipynb #581bec96
+# %% ../nbs/04_callback.ipynb #af6ea4d0
 @patch
 def setup(self:PruneCallback, learn=None):
     "Create the `Sparsifier` on `learn.model` now (registering its `prune_mask` buffers); reused while the model is the same"
@@ -111,7 +111,7 @@ def after_create(self:PruneCallback):
     "Register the masks as soon as the `Learner` exists, so `learn.load` of a pruned checkpoint works before any fit"
     self.setup()
 
-# %% ../nbs/04_callback.ipynb #807d5cb6
+# %% ../nbs/04_callback.ipynb #9ad2f00f
 @patch
 def _target(self:PruneCallback, f:float):
     "`sparsity` scaled by the schedule value `f`"
@@ -132,7 +132,7 @@ def _progress(self:PruneCallback):
     if not self.update_every: return p
     return min(math.floor(p/self.update_every + 1e-6)*self.update_every, 1.)
 
-# %% ../nbs/04_callback.ipynb #c083add4
+# %% ../nbs/04_callback.ipynb #16c724b0
 def _opt_state(opt):
     "The per-parameter state dict of a fastai `Optimizer`, an `OptimWrapper` or a torch optimizer"
     inner = getattr(opt, 'opt', None)
@@ -156,7 +156,7 @@ def _no_autocast(t:torch.Tensor):
     "Disable autocast (entered by `MixedPrecision.before_batch`) while scoring and masking"
     return torch.autocast(device_type=t.device.type, enabled=False)
 
-# %% ../nbs/04_callback.ipynb #559caea5
+# %% ../nbs/04_callback.ipynb #980f7243
 @patch
 def _prune(self:PruneCallback, f:float):
     "Extend the masks to `f*sparsity` (never below what is reached), zero the weights and their optimizer state"
@@ -205,7 +205,7 @@ def after_train(self:PruneCallback):
     "After the last training batch of the fit, reach the final target exactly"
     if not self.soft and self.learn.epoch == self.learn.n_epoch-1: self._maybe_prune(1.)
 
-# %% ../nbs/04_callback.ipynb #3c482ed2
+# %% ../nbs/04_callback.ipynb #c1cf4fa8
 @patch
 def _soft_prune(self:PruneCallback, f:float, final:bool=False):
     "Soft pruning: forget the masks, recompute them from the current weights at `f*sparsity`, zero what they drop"
@@ -223,7 +223,7 @@ def before_train(self:PruneCallback):
     "With `soft=True`, recompute the masks at the start of every epoch"
     if self.soft: self._soft_prune(self.schedule(self._progress()))
 
-# %% ../nbs/04_callback.ipynb #cbf2dda4
+# %% ../nbs/04_callback.ipynb #42a473f1
 def _show(o):
     "Display `o` in a notebook (markdown tables render), print it elsewhere"
     if IN_NOTEBOOK:
@@ -260,7 +260,7 @@ def after_fit(self:PruneCallback):
         compact_learner(self.learn, self._example_inputs())
         self.sparsifier,self._model = None,None
 
-# %% ../nbs/04_callback.ipynb #79417702
+# %% ../nbs/04_callback.ipynb #94f90eee
 class LotteryTicket(Callback):
     "Frankle & Carbin (2019): snapshot the weights at the start of epoch `epoch`; at the end of fit rewind the survivors to it"
     order = PruneCallback.order+1

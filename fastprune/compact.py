@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['build_graph', 'Member', 'CoupledUnit', 'coupled_units', 'strip', 'compact', 'compact_learner']
 
-# %% ../nbs/05_compact.ipynb #8a9fe428
+# %% ../nbs/05_compact.ipynb #24bcb086
 import copy, warnings
 import torch, torch.nn as nn
 import torch_pruning as tp
 from .granularity import Filter, Channel
 from .sparsifier import PruneUnit
 
-# %% ../nbs/05_compact.ipynb #e70ed905
+# %% ../nbs/05_compact.ipynb #0fb75b3e
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _WEIGHTED = _CONV + (nn.Linear,)
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -46,12 +46,17 @@ def build_graph(model:nn.Module, # model to trace
                          f"{type(e).__name__}: {e}") from e
     finally: model.train(training)
 
-# %% ../nbs/05_compact.ipynb #14e8187c
+# %% ../nbs/05_compact.ipynb #90953478
 class Member:
     "One layer's share of a coupled channel set: channel `idxs[k]` of `module` (along `kind`) is the set's channel `root[k]`"
-    def __init__(self, name, module, kind, idxs, root, tracked=False):
-        self.name,self.module,self.kind = name,module,kind   # kind: 'out' (filters), 'in' (consumer inputs), 'norm', 'other'
-        # tracked: carries a fastprune mask whose channel slices are read and written (grouped consumers are not)
+    def __init__(self, name:str, # the layer's name in the model (a parameter's name for kind 'param')
+                 module, # the layer (or an unwrapped `nn.Parameter`)
+                 kind:str, # 'out' (filters of a producer), 'in' (input channels of a consumer), 'norm', 'param' or 'other'
+                 idxs, # the layer's channel indices along that dimension
+                 root, # for each of `idxs`, the coupled set's channel it belongs to
+                 tracked:bool=False, # the layer carries a fastprune mask to read and write (grouped consumers never do)
+                ):
+        self.name,self.module,self.kind = name,module,kind
         self.tracked = tracked and kind in ('out','in') and not (kind=='in' and isinstance(module, _CONV) and module.groups>1)
         self.idxs,self.root = torch.as_tensor(idxs, dtype=torch.long),torch.as_tensor(root, dtype=torch.long)
     def __repr__(self): return f"{self.kind}:{self.name}"
@@ -107,7 +112,7 @@ def _all_groups(dg):
     try: return list(dg.get_all_groups(root_module_types=_WEIGHTED))
     finally: im.update_index_mapping = orig
 
-# %% ../nbs/05_compact.ipynb #e0b07f0b
+# %% ../nbs/05_compact.ipynb #47ec22d6
 class CoupledUnit(PruneUnit):
     "`n` channels coupled across layers (one Torch-Pruning group): scored together, masked in every member layer"
     def __init__(self, members:list, # `Member`s: producers ('out'), consumers ('in'), norms ('norm')...
@@ -167,7 +172,7 @@ def _zero_channels(members, pruned):
             for p in (getattr(mod, 'weight', None), getattr(mod, 'bias', None)):
                 if isinstance(p, torch.Tensor) and p.dim() == 1: p[sel.to(p.device)] = 0
 
-# %% ../nbs/05_compact.ipynb #bc3c6cf7
+# %% ../nbs/05_compact.ipynb #e37b93c7
 def _named(model, mods):
     "Resolve a list of names or modules to the set of those modules of `model` and their parameters"
     if mods is None: return set()
@@ -211,7 +216,7 @@ def coupled_units(model:nn.Module, # the model to prune
         units.append(CoupledUnit(members, _group_n(g), by=by))
     return sorted(units, key=lambda u: min(order[m.module] for m in u.producers))
 
-# %% ../nbs/05_compact.ipynb #4ab2b7e3
+# %% ../nbs/05_compact.ipynb #82152b80
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks', '_state_dict_hooks',
                '_state_dict_pre_hooks', '_load_state_dict_pre_hooks', '_load_state_dict_post_hooks')
 
@@ -241,7 +246,7 @@ def strip(model:nn.Module) -> nn.Module:
     for m in model.modules(): m._buffers.pop('prune_mask', None)
     return model
 
-# %% ../nbs/05_compact.ipynb #951addc6
+# %% ../nbs/05_compact.ipynb #96b93fb1
 def _flat(out): return [o.detach().float() for o in tp.utils.flatten_as_list(out) if isinstance(o, torch.Tensor)]
 
 def _forward_naming(model, x, what, order=None):
@@ -265,12 +270,12 @@ def _forward_naming(model, x, what, order=None):
     finally:
         for h in hs: h.remove()
 
-# %% ../nbs/05_compact.ipynb #2abb2332
+# %% ../nbs/05_compact.ipynb #41da64fd
 def _plan(model, dg, ignored):
     "For every Torch-Pruning group: which channels can be removed exactly. Returns (plans, stats)"
     names = {m:n for n,m in model.named_modules()}
     masked = {m for m in model.modules() if 'prune_mask' in m._buffers}
-    plans,stats = [],dict(removed=0, kept_uncoupled=0, kept_last=0, groups=0)
+    plans,stats = [],dict(removed=0, kept_uncoupled=0, kept_output=0, kept_last=0, groups=0)
     for g in _all_groups(dg):
         members,to_output = _members(dg, g, names, masked)
         n = _group_n(g)
@@ -291,7 +296,8 @@ def _plan(model, dg, ignored):
         for m in cons:
             if not m.tracked: r2[:] = False; break
             r2 &= _root_all(n, m.root, m.masked().cpu())
-        if to_output: r1[:] = False           # the channel is a model output: never remove it
+        if to_output:                         # the channel is a model output: never remove it
+            stats['kept_output'] += int((any_prod & ~r2).sum()); any_prod[:] = False; r1[:] = False
         params = [m for m in members if m.kind == 'param']
         if params and (r1 | r2).any() and not any(m.module in ignored for m in members):
             owner = params[0].name.rpartition('.')[0]
@@ -314,7 +320,7 @@ def _plan(model, dg, ignored):
             stats['removed'] += int(rm.sum())
     return plans,stats
 
-# %% ../nbs/05_compact.ipynb #7c90e427
+# %% ../nbs/05_compact.ipynb #baac7bf2
 def _surgery(dg, plans):
     "Apply Torch-Pruning's pruning functions, all at once per (layer, function): every index refers to the original shapes"
     merged = {}
@@ -330,7 +336,7 @@ def _surgery(dg, plans):
             setattr(owner, name.rpartition('.')[2], dep(idxs))
         else: dep(idxs)
 
-# %% ../nbs/05_compact.ipynb #fd7d8ec7
+# %% ../nbs/05_compact.ipynb #8944dbb9
 def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffers), e.g. pruned by `Sparsifier` with `Filter()`
             example_inputs=None, # inputs the model runs on (tensor, tuple or dict), used to trace the channel dependencies
             inplace:bool=False, # modify `model` itself instead of a deep copy
@@ -363,6 +369,9 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
         warnings.warn(f"compact kept {stats['kept_uncoupled']} channels that are masked in some but not all of their "
                       "coupled layers (e.g. one branch of a residual sum): removing them would change the outputs. Give "
                       "the Sparsifier `example_inputs` so coupled layers are pruned together.")
+    if stats['kept_output']:
+        warnings.warn(f"compact kept {stats['kept_output']} masked channels that are outputs of the model (e.g. rows of "
+                      "the classifier): removing them would change the output shape.")
     order = []
     ref = _flat(_forward_naming(new, example_inputs, "compact", order)) if check else None
     strip(new)
@@ -383,7 +392,7 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
     new.train(training)
     return (new, stats) if return_stats else new
 
-# %% ../nbs/05_compact.ipynb #7ab8e5fa
+# %% ../nbs/05_compact.ipynb #354303a9
 def compact_learner(learn, # a fastai `Learner` whose model carries fastprune masks
                     example_inputs=None, # inputs to trace the model with (default: two items of a validation batch)
                    ):

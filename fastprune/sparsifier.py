@@ -6,14 +6,14 @@
 __all__ = ['PRUNABLE_TYPES', 'select_layers', 'PruneUnit', 'LayerUnit', 'lowest_k', 'global_threshold', 'global_select',
            'Sparsifier', 'SparsityReport']
 
-# %% ../nbs/03_sparsifier.ipynb #2e969864
+# %% ../nbs/03_sparsifier.ipynb #100445d4
 import math, numbers, torch
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .granularity import *
 from .criteria import *
 
-# %% ../nbs/03_sparsifier.ipynb #471fa5d1
+# %% ../nbs/03_sparsifier.ipynb #3453e111
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 def _as_list(x): return [] if x is None else list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, (list, tuple, set)) else [x]
@@ -66,7 +66,7 @@ def select_layers(model:nn.Module, # the model to prune
                          "(the final classifier is left out unless keep_classifier=True; check `layers`/`exclude`)")
     return dict(sel)
 
-# %% ../nbs/03_sparsifier.ipynb #60674055
+# %% ../nbs/03_sparsifier.ipynb #f7fd42d9
 class PruneUnit:
     "A set of `n` groups decided together: scored by a criterion, masked into one or more layers"
     name:str = ''    # label in messages and reports
@@ -117,7 +117,7 @@ class LayerUnit(PruneUnit):
             es = torch.where(mask, es, float('-inf'))
         mask.logical_and_(self.granularity.expand(~pruned, self.module, scores=es))
 
-# %% ../nbs/03_sparsifier.ipynb #9c77b234
+# %% ../nbs/03_sparsifier.ipynb #3c4306b3
 def lowest_k(s:Tensor, # `(n,)` scores
              k:int, # how many to select
              t:float=None, # the k-th lowest value if already known (skips the `kthvalue`)
@@ -138,7 +138,7 @@ def lowest_k(s:Tensor, # `(n,)` scores
     if k > nlt: lt |= eq & (eq.cumsum(0) <= k - nlt)
     return lt
 
-# %% ../nbs/03_sparsifier.ipynb #74ccf70d
+# %% ../nbs/03_sparsifier.ipynb #42b3b4d4
 _NB = 1 << 16
 
 def _keys(s):
@@ -267,7 +267,7 @@ def _select_radix(get, caps, k):
         counts.append(base + x)
     return out, counts
 
-# %% ../nbs/03_sparsifier.ipynb #b40180e7
+# %% ../nbs/03_sparsifier.ipynb #85bf2631
 def _check_sparsity(s, what='sparsity'):
     if isinstance(s, Tensor) and s.numel() == 1: s = s.item()
     if isinstance(s, bool) or not isinstance(s, numbers.Real):
@@ -334,12 +334,16 @@ class Sparsifier:
         seen = {n for u in units for n in u.layers}
         return units + [LayerUnit(n, m, self.granularity) for n, m in self.layers.items() if n not in seen]
 
+    def __getstate__(self):  # caches hold tensor identities: rebuilt after unpickling
+        return {**self.__dict__, '_plan': None, '_counts': {}}
+
     @property
     def n_groups(self) -> int:
         "Total number of groups over all units (the unit of exactness of `prune`)"
         return sum(u.n for u in self.units)
 
     def __repr__(self):
+        if getattr(self, '_removed', False): return f"Sparsifier({len(self.layers)} layers, removed)"
         w = sum(m.weight.numel() for m in self.layers.values())
         head = (f"Sparsifier({self.granularity!r}, {self.criterion!r}, context={self.context!r}, min_keep={self.min_keep!r}): "
                 f"{len(self.layers)} layers, {len(self.units)} units, {self.n_groups:,} groups, {w:,} weights, sparsity {self.sparsity():.2%}")
@@ -347,7 +351,7 @@ class Sparsifier:
         body = names if len(names) <= 12 else names[:6] + ['...'] + names[-5:]
         return '\n'.join([head] + [f"  {n}" if n == '...' else f"  {n}: {type(self.layers[n]).__name__}{tuple(self.layers[n].weight.shape)}" for n in body])
 
-# %% ../nbs/03_sparsifier.ipynb #bd81f687
+# %% ../nbs/03_sparsifier.ipynb #6700190e
 @patch
 def _floor(self:Sparsifier, u):
     "Groups unit `u` keeps in global context"
@@ -481,15 +485,17 @@ def _sync(self:Sparsifier):
 def _alive(self:Sparsifier):
     if getattr(self, '_removed', False): raise RuntimeError("this Sparsifier was removed (its masks are baked into the weights); create a new one")
 
-# %% ../nbs/03_sparsifier.ipynb #ac43c4da
+# %% ../nbs/03_sparsifier.ipynb #451f1659
 @patch
 def _make_plan(self:Sparsifier) -> list:
-    plan, dense = [], set()
+    plan, cover = [], {}  # exact counts (from our own writes) tell which layers are dense without reading their masks
     for u, (c, exact) in zip(self.units, self._pruned_counts(exact=True)):
-        if c == 0 and exact: dense.update(u.layers)
+        for n in u.layers: cover.setdefault(n, []).append((c, exact))
+    known = {n: False if any(e and c > 0 for c, e in cs) else True if all(e and c == 0 for c, e in cs) else None
+             for n, cs in cover.items()}
     for n, m in self.layers.items():
         mk = m._buffers['prune_mask']
-        entry = [m, mk, mk._version, n in dense or bool(mk.all()), None, None]
+        entry = [m, mk, mk._version, known[n] if known.get(n) is not None else bool(mk.all()), None, None]
         if not entry[3] and self.granularity.structured:
             dead = Filter().pruned_groups(mk, m)
             if dead.any():
@@ -511,7 +517,7 @@ def apply_masks(self:Sparsifier):
     with torch.no_grad():
         for m, mk, v, dense, bias_keep, bn in plan:
             if dense: continue
-            m.weight.mul_(mk)
+            m.weight.mul_(mk.view(torch.uint8))  # (a uint8 view multiplies faster than bool)
             if bias_keep is not None: m.bias.mul_(bias_keep)
             if bn is not None:
                 bn[0].weight.mul_(bn[1])
@@ -539,7 +545,7 @@ def remove(self:Sparsifier) -> nn.Module:
     self._removed, self._plan = True, None
     return self.model
 
-# %% ../nbs/03_sparsifier.ipynb #e78f9478
+# %% ../nbs/03_sparsifier.ipynb #aeeeb844
 def _fmt(col, v):
     if isinstance(v, float): return f"{v:.2%}" if 'sparsity' in col or col.endswith('%') else f"{v:,.4g}"
     if isinstance(v, bool): return str(v)

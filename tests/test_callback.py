@@ -23,6 +23,14 @@ from fastprune.callback import *
 warnings.filterwarnings('ignore', message='.*CUDA is not available.*')
 warnings.filterwarnings('ignore', category=FutureWarning)
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "Tiny CNN: extra torch threads only add overhead and contention; restore the setting afterwards"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def tiny_learner(cbs=None, seed=0, bs=128, shuffle=True, model=None, **kwargs):
     "A small digits learner (12 training batches per epoch), no progress bar"
     torch.manual_seed(seed)
@@ -327,3 +335,12 @@ def test_compact_at_end():
     assert cb.sparsifier is None
     acc = learn.validate()[1]
     assert acc > 0.3
+
+def test_lr_find_does_not_prune():
+    cb = PruneCallback(0.5, schedule=one_shot(0), summary=False)
+    learn = tiny_learner(cb)
+    learn.lr_find(num_it=20, show_plot=False)
+    assert cb.sparsifier.sparsity() == 0
+    learn.fit_one_cycle(1, 1e-2)
+    assert cb.sparsifier.sparsity() == pytest.approx(0.5, abs=2e-3)
+    assert learn.recorder.metric_names.count('sparsity') == 1

@@ -319,3 +319,12 @@ def test_distributed_masks_identical():
     # without the broadcast they would differ: rank 1's own choice is not rank 0's
     torch.manual_seed(0); sp1 = Sparsifier(mlp(), criterion=Random(seed=1), context='global').prune(0.5)
     assert not all(torch.equal(res[0][n], mm.prune_mask) for n, mm in sp1.layers.items())
+
+
+def test_pickle_round_trip():
+    m = digits_cnn(); sp = Sparsifier(m, Filter(), context='global').prune(0.3)
+    buf = io.BytesIO(); torch.save(sp, buf); buf.seek(0)
+    sp2 = torch.load(buf, weights_only=False)
+    assert sum(_pruned(sp2)) == sum(_pruned(sp)) and sp2.sparsity() == sp.sparsity()
+    sp2.prune(0.5).apply_masks()
+    assert sum(_pruned(sp2)) == round(0.5 * sp2.n_groups)
