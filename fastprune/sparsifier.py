@@ -522,6 +522,8 @@ def apply_masks(self:Sparsifier):
             if bn is not None:
                 bn[0].weight.mul_(bn[1])
                 if bn[0].bias is not None: bn[0].bias.mul_(bn[1])
+        for u in self.units:  # units spanning layers (coupled channels) also zero the norms only they know about
+            if hasattr(u, 'apply_masks'): u.apply_masks()
     return self
 
 @patch

@@ -211,6 +211,7 @@ def test_random_coupled_masks_compact_exactly(data):
     with torch.no_grad(): assert (small(x) - ref).abs().max() <= 1e-4
     assert n_params(small) <= n_params(m)
 
+@pytest.mark.slow
 def test_compact_learner():
     import fastai.callback.schedule  # Learner.fit_one_cycle
     from fastprune.data import digits_learner
@@ -230,3 +231,20 @@ def test_compact_learner():
     learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, Filter(), context='global', example_inputs=xb, compact=True, summary=False))
     assert not [n for n, _ in learn.model.named_buffers() if n.endswith('prune_mask')]
     assert n_params(learn.model) < 0.7 * dense
+
+
+def test_apply_masks_rezeroes_norms_only_coupled_units_know():
+    "A BatchNorm after a ReLU is invisible to `following_bn`; after an optimizer-like update `apply_masks` must zero it again"
+    from fastprune.sparsifier import Sparsifier
+    from fastprune.granularity import Filter
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    sp = Sparsifier(model, Filter(), context='local', example_inputs=x)
+    sp.prune(0.5)
+    with torch.no_grad(): model[2].weight.add_(1.); model[2].bias.add_(1.)  # what a training step does
+    sp.apply_masks()
+    assert (model[2].bias == 0).sum() == 4
+    small = compact(model, x)
+    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=0)
