@@ -14,6 +14,7 @@ with the channel count (2x here, not 4x), so they weigh more in the small model 
 The process CPU time per run is printed too: on a shared, loaded machine it is a steadier measure than the wall clock.
 
 Run: python benchmarks/compact_speed.py [--runs 15] [--threads 2]
+(on a machine shared with other jobs, prefix OMP_WAIT_POLICY=PASSIVE so that waiting threads do not spin)
 """
 import argparse, os, statistics, time
 import torch, torchvision

@@ -13,6 +13,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._example_inputs': ( 'callback.html#prunecallback._example_inputs',
                                                                                           'fastprune/callback.py'),
+                                    'fastprune.callback.PruneCallback._fraction': ( 'callback.html#prunecallback._fraction',
+                                                                                    'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._maybe_prune': ( 'callback.html#prunecallback._maybe_prune',
                                                                                        'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._progress': ( 'callback.html#prunecallback._progress',

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PruneCallback', 'zero_masked_state', 'LotteryTicket']
 
-# %% ../nbs/04_callback.ipynb #2f7d4236
+# %% ../nbs/04_callback.ipynb #acdddce8
 import math, numbers, inspect
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from .criteria import Criterion, Magnitude
 from .schedules import Schedule, agp, as_schedule
 from .sparsifier import Sparsifier
 
-# %% ../nbs/04_callback.ipynb #b0ac7f66
+# %% ../nbs/04_callback.ipynb #a6a7bf52
 def _check_target(v, what):
     "`v` as a float if it is a real number in [0, 1), else ValueError naming `what`"
     if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
@@ -42,7 +42,7 @@ def _check_schedule(schedule, n:int=200):
 
 _sp_params = {k for k in inspect.signature(Sparsifier).parameters if k not in ('self', 'model')}
 
-# %% ../nbs/04_callback.ipynb #4cf204d4
+# %% ../nbs/04_callback.ipynb #a8548099
 class _SparsityMetric(Metric):
     "The sparsity of the layers pruned by a `PruneCallback`, as a column of the progress table"
     def __init__(self, cb): self.cb = cb
@@ -51,7 +51,7 @@ class _SparsityMetric(Metric):
     @property
     def name(self): return 'sparsity'
 
-# %% ../nbs/04_callback.ipynb #39d8bde3
+# %% ../nbs/04_callback.ipynb #7739ac45
 class PruneCallback(Callback):
     "Prune `learn.model` while it trains: follow `schedule` up to `sparsity`, keep pruned weights at exactly 0"
     order,run_valid = 15,False  # after MixedPrecision (10) and DistributedTrainer (11); before Recorder (50), which shows our column
@@ -61,7 +61,7 @@ class PruneCallback(Callback):
         criterion:Criterion=None, # group importance (higher = kept); None: `Magnitude()`
         context:str='local', # 'local': every layer reaches the target; 'global': one threshold over all layers
         schedule:Schedule=None, # training progress -> fraction of `sparsity`; any callable p -> [0, 1]; None: `agp(0, 0.8)`
-        update_every:float=1/32, # masks are updated at multiples of this training progress (AGP's pruning frequency); 0: every batch
+        update_every:float=1/16, # masks change at most once per this fraction of training (AGP's pruning frequency); 0: any batch
         soft:bool=False, # soft pruning (He et al. 2018): masks recomputed each epoch, pruned weights regrow until the end
         compact:bool=False, # at the end of this fit, physically remove pruned channels with `compact_learner`
         summary:bool=True, # print a per-layer sparsity report at the end of each fit
@@ -92,7 +92,7 @@ class PruneCallback(Callback):
         store_attr('context,update_every,soft,compact,summary,sparsifier_kwargs')
         self.sparsifier,self._model,self._metric,self.history = None,None,None,[]
 
-# %% ../nbs/04_callback.ipynb #af6ea4d0
+# %% ../nbs/04_callback.ipynb #6ab427c1
 @patch
 def setup(self:PruneCallback, learn=None):
     "Create the `Sparsifier` on `learn.model` now (registering its `prune_mask` buffers); reused while the model is the same"
@@ -101,7 +101,7 @@ def setup(self:PruneCallback, learn=None):
     model = get_model(learn.model)
     if self.sparsifier is None or self._model is not model:
         self.sparsifier = Sparsifier(model, self.granularity, self.criterion, self.context, **self.sparsifier_kwargs)
-        self._model,self._f_done = model,0.
+        self._model = model
         self.sparsifier.target_groups(self._target(1.))  # a dict naming unknown layers fails here, before training
     self._refresh()
     return self.sparsifier
@@ -111,7 +111,7 @@ def after_create(self:PruneCallback):
     "Register the masks as soon as the `Learner` exists, so `learn.load` of a pruned checkpoint works before any fit"
     self.setup()
 
-# %% ../nbs/04_callback.ipynb #9ad2f00f
+# %% ../nbs/04_callback.ipynb #ee308fe6
 @patch
 def _target(self:PruneCallback, f:float):
     "`sparsity` scaled by the schedule value `f`"
@@ -127,12 +127,19 @@ def _refresh(self:PruneCallback):
 
 @patch
 def _progress(self:PruneCallback):
-    "`learn.pct_train` rounded down to a multiple of `update_every`"
-    p = min(float(self.learn.pct_train), 1.)
-    if not self.update_every: return p
-    return min(math.floor(p/self.update_every + 1e-6)*self.update_every, 1.)
+    "`learn.pct_train`, rounded down to the grid `schedule.start + k*update_every` once pruning has started"
+    p, s, e = min(float(self.learn.pct_train), 1.), self.schedule.start, self.update_every
+    if not e or p < s: return p
+    return min(s + math.floor((p - s)/e + 1e-6)*e, p)
 
-# %% ../nbs/04_callback.ipynb #16c724b0
+@patch
+def _fraction(self:PruneCallback):
+    "Schedule value to prune to now: on the `update_every` grid, except that reaching the full target is never delayed"
+    p = min(float(self.learn.pct_train), 1.)
+    f = self.schedule(p)
+    return f if f >= 1 else self.schedule(self._progress())
+
+# %% ../nbs/04_callback.ipynb #6ccf94d9
 def _opt_state(opt):
     "The per-parameter state dict of a fastai `Optimizer`, an `OptimWrapper` or a torch optimizer"
     inner = getattr(opt, 'opt', None)
@@ -156,39 +163,39 @@ def _no_autocast(t:torch.Tensor):
     "Disable autocast (entered by `MixedPrecision.before_batch`) while scoring and masking"
     return torch.autocast(device_type=t.device.type, enabled=False)
 
-# %% ../nbs/04_callback.ipynb #980f7243
+# %% ../nbs/04_callback.ipynb #1809368e
 @patch
 def _prune(self:PruneCallback, f:float):
-    "Extend the masks to `f*sparsity` (never below what is reached), zero the weights and their optimizer state"
-    self._f_done = max(self._f_done, f)
+    "Extend the masks to `f*sparsity`, zero the weights they drop and their optimizer state"
     with torch.no_grad(), _no_autocast(self._pairs[0][0]):
-        self.sparsifier.prune(self._target(self._f_done))
+        self.sparsifier.prune(self._target(f))
         self.sparsifier.apply_masks()
     self._refresh()
     zero_masked_state(self.learn.opt, self._pairs)
     self.history.append((float(self.learn.pct_train), self.sparsifier.sparsity()))
 
 @patch
-def _maybe_prune(self:PruneCallback, p:float):
-    "Prune to the schedule's target at progress `p` if it asks for more groups than the masks prune"
-    f = self.schedule(p)
-    key = self.sparsifier.target_groups(self._target(self._f_done if f < self._f_done else f))
+def _maybe_prune(self:PruneCallback, f:float):
+    "Prune to `f*sparsity` if that asks for more groups than the masks prune"
+    key = self.sparsifier.target_groups(self._target(f))
     if key == self._key: return
     self._key = key
     if key > self._done: self._prune(f)
 
 @patch
 def before_fit(self:PruneCallback):
-    "Create (or reuse) the sparsifier and add the sparsity column"
+    "Create (or reuse) the sparsifier and add the sparsity column (nothing during `lr_find`, which restores the model)"
+    if hasattr(self.learn, 'lr_finder'): self.run = False; return
     self.setup()
-    self._key,self.history = None,[]
+    self._key,self.history,self._trained = None,[],False
+    self.learn.metrics = [m for m in self.learn.metrics if not (isinstance(m, _SparsityMetric) and m.cb is self)]
     self._metric = _SparsityMetric(self)
     self.learn.metrics.append(self._metric)
 
 @patch
 def before_batch(self:PruneCallback):
     "Training batches: prune when the schedule's target moved by at least one group"
-    if not self.soft: self._maybe_prune(self._progress())
+    if not self.soft: self._maybe_prune(self._fraction())
 
 @patch
 def after_backward(self:PruneCallback):
@@ -205,7 +212,7 @@ def after_train(self:PruneCallback):
     "After the last training batch of the fit, reach the final target exactly"
     if not self.soft and self.learn.epoch == self.learn.n_epoch-1: self._maybe_prune(1.)
 
-# %% ../nbs/04_callback.ipynb #c1cf4fa8
+# %% ../nbs/04_callback.ipynb #20a9e313
 @patch
 def _soft_prune(self:PruneCallback, f:float, final:bool=False):
     "Soft pruning: forget the masks, recompute them from the current weights at `f*sparsity`, zero what they drop"
@@ -221,9 +228,10 @@ def _soft_prune(self:PruneCallback, f:float, final:bool=False):
 @patch
 def before_train(self:PruneCallback):
     "With `soft=True`, recompute the masks at the start of every epoch"
-    if self.soft: self._soft_prune(self.schedule(self._progress()))
+    self._trained = True   # `learn.validate`/`get_preds` also call before_fit/after_fit, but never before_train
+    if self.soft: self._soft_prune(self._fraction())
 
-# %% ../nbs/04_callback.ipynb #42a473f1
+# %% ../nbs/04_callback.ipynb #92a80e97
 def _show(o):
     "Display `o` in a notebook (markdown tables render), print it elsewhere"
     if IN_NOTEBOOK:
@@ -249,18 +257,19 @@ def show_summary(self:PruneCallback):
 @patch
 def after_fit(self:PruneCallback):
     "Finish soft pruning with hard masks, clean the optimizer state, drop the column, show the summary, compact if asked"
-    if self.soft: self._soft_prune(1., final=True)
-    zero_masked_state(self.learn.opt, self._pairs)
     if self._metric is not None:
         self.learn.metrics = [m for m in self.learn.metrics if m is not self._metric]
         self._metric = None
+    if not self._trained: return   # validation or prediction only
+    if self.soft: self._soft_prune(1., final=True)
+    zero_masked_state(self.learn.opt, self._pairs)
     if self.summary and not rank_distrib(): self.show_summary()
     if self.compact:
         from fastprune.compact import compact_learner
         compact_learner(self.learn, self._example_inputs())
         self.sparsifier,self._model = None,None
 
-# %% ../nbs/04_callback.ipynb #94f90eee
+# %% ../nbs/04_callback.ipynb #056e2b3a
 class LotteryTicket(Callback):
     "Frankle & Carbin (2019): snapshot the weights at the start of epoch `epoch`; at the end of fit rewind the survivors to it"
     order = PruneCallback.order+1

@@ -32,6 +32,7 @@ def run_worker(rank, world, port, out):
         torch.manual_seed(0)                       # same initial weights on every rank
         model = DDP(digits_cnn(widths=(8, 16, 32)), broadcast_buffers=False)
         dls = digits_dls(bs=128, seed=rank)        # rank-dependent data order
+        for dl in dls.loaders: dl.fake_l.num_workers = 0   # no DataLoader worker processes inside the spawned ranks
         # a rank-dependent criterion: without the Sparsifier's broadcast from rank 0 the masks would differ
         cb = PruneCallback(0.8, criterion=Random(seed=rank), schedule=agp(0, 0.7), update_every=0, summary=False)
         check = MaskCheck(cb)

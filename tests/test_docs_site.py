@@ -2,8 +2,8 @@
 show their title and heading, and every image on them decodes and renders.
 
 The site is what `python tools/build_docs.py` writes (one HTML page per notebook, page name = notebook name
-without its numeric prefix). When `docs/` lacks a page, or a page is older than its notebook, the site is
-rebuilt here with `tools/build_docs.py --fallback` (nbconvert renderer; it also regenerates README.md).
+without its numeric prefix). The committed `docs/` is what is checked (file times in a fresh clone say nothing about freshness); only
+when a page is missing is the site built here with `tools/build_docs.py --fallback` (nbconvert renderer).
 The tests skip, saying so, only where no Chromium is installed (Debian: `apt-get install chromium`).
 """
 import base64, io, json, re, shutil, subprocess, sys
@@ -31,18 +31,16 @@ def chromium():
     if exe is None:
         pytest.skip("docs-site browser test skipped: no Chromium found on PATH (looked for chromium, chromium-browser, "
                     "google-chrome); install it, e.g. `apt-get install chromium` on Debian")
+    r = subprocess.run([exe, '--version'], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or 'chrom' not in r.stdout.lower():  # e.g. Ubuntu's chromium-browser stub asking for snap
+        pytest.skip(f"docs-site browser test skipped: {exe} is not a working Chromium ({(r.stdout + r.stderr).strip()[:200]})")
     return exe
-
-
-def _stale(page, nb):
-    p, src = DOCS/page, ROOT/'nbs'/nb
-    return not p.exists() or (src.exists() and src.stat().st_mtime > p.stat().st_mtime)
 
 
 @pytest.fixture(scope='module')
 def site(chromium):
-    "`docs/`, rebuilt with tools/build_docs.py when a checked page is missing or older than its notebook"
-    if _stale(*INDEX[:2]) or _stale(*TUTORIAL[:2]):
+    "`docs/` as committed; built with tools/build_docs.py only where a checked page is missing"
+    if not all((DOCS/page).exists() for page, *_ in (INDEX, TUTORIAL)):
         r = subprocess.run([sys.executable, 'tools/build_docs.py', '--fallback'], cwd=ROOT, capture_output=True,
                            text=True, timeout=1200)
         assert r.returncode == 0, f"tools/build_docs.py --fallback failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -69,12 +67,11 @@ document.getElementById('page').addEventListener('load', async () => {
   const d = document.getElementById('page').contentDocument;
   const imgs = Array.from(d.images);
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
-  await Promise.all(imgs.map(i => i.decode ? i.decode().catch(() => null) : null));
   document.getElementById('result').textContent = JSON.stringify({
     title: d.title,
     h1: Array.from(d.querySelectorAll('h1')).map(h => h.textContent.trim()),
     links: Array.from(d.querySelectorAll('nav a')).map(a => a.getAttribute('href').replace(/^\.\//, '')),
-    images: imgs.map(i => ({src: i.getAttribute('src').slice(0, 22), w: i.naturalWidth, h: i.naturalHeight,
+    images: imgs.map(i => ({src: (i.getAttribute('src') || '').slice(0, 22), w: i.naturalWidth, h: i.naturalHeight,
                             shown: i.getBoundingClientRect().width > 0})),
   });
 });
@@ -113,6 +110,7 @@ def _check_page(exe, tmp_path, page, nb, title, heading, min_images):
     return seen
 
 
+@pytest.mark.slow
 def test_index_page(chromium, site, tmp_path):
     seen = _check_page(chromium, tmp_path, *INDEX)
     # every tutorial the repository has is reachable from the index's navigation bar
@@ -122,6 +120,7 @@ def test_index_page(chromium, site, tmp_path):
     assert len(shot.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 1, "the index screenshot is blank"
 
 
+@pytest.mark.slow
 def test_tutorial_page_shows_its_plots(chromium, site, tmp_path):
     page = TUTORIAL[0]
     seen = _check_page(chromium, tmp_path, *TUTORIAL)

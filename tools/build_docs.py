@@ -58,7 +58,12 @@ def _page_name(nb_path: Path) -> str:
 
 
 def _title(nb) -> str:
+    "The page title: from the front matter nbdev's processing makes of the H1, else the first H1"
+    import yaml
     for c in nb.cells:
+        if c.cell_type == 'raw' and c.source.startswith('---'):
+            t = (yaml.safe_load(c.source.strip().strip('-')) or {}).get('title')
+            if t: return str(t)
         if c.cell_type == 'markdown':
             m = re.search(r'^#\s+(.+)$', c.source, re.M)
             if m: return m.group(1).strip()
