@@ -56,7 +56,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastprune/callback.py'),
                                     'fastprune.callback._check_schedule': ('callback.html#_check_schedule', 'fastprune/callback.py'),
                                     'fastprune.callback._check_sparsity': ('callback.html#_check_sparsity', 'fastprune/callback.py'),
-                                    'fastprune.callback._check_target': ('callback.html#_check_target', 'fastprune/callback.py'),
                                     'fastprune.callback._no_autocast': ('callback.html#_no_autocast', 'fastprune/callback.py'),
                                     'fastprune.callback._opt_state': ('callback.html#_opt_state', 'fastprune/callback.py'),
                                     'fastprune.callback._show': ('callback.html#_show', 'fastprune/callback.py'),

@@ -17,22 +17,15 @@ from fastai.torch_core import get_model, rank_distrib
 from .granularity import Granularity, Weight, as_granularity
 from .criteria import Criterion, Magnitude
 from .schedules import Schedule, agp, as_schedule
-from .sparsifier import Sparsifier
+from .sparsifier import Sparsifier, _check_sparsity as _check_fraction
 
 # %% ../nbs/04_callback.ipynb #a6a7bf52
-def _check_target(v, what):
-    "`v` as a float if it is a real number in [0, 1), else ValueError naming `what`"
-    if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) or not 0 <= v < 1:
-        raise ValueError(f"`{what}` must be a float in [0, 1), got {v!r}")
-    return float(v)
-
 def _check_sparsity(sparsity):
-    "Validate a float or {layer: float} target"
+    "Validate a float or {layer: float} target, each value as `Sparsifier.prune` checks it"
     if isinstance(sparsity, dict):
         if not sparsity: raise ValueError("`sparsity` is an empty dict: name at least one layer")
-        return {k: _check_target(v, f"sparsity[{k!r}]") for k,v in sparsity.items()}
-    return _check_target(sparsity, 'sparsity')
+        return {k: _check_fraction(v, f"sparsity[{k!r}]") for k,v in sparsity.items()}
+    return _check_fraction(sparsity, 'sparsity')
 
 def _check_schedule(schedule, n:int=200):
     "`schedule` as a `Schedule`, probed on a grid of `p` so that bad values fail now rather than mid-training"

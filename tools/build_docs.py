@@ -83,6 +83,16 @@ def _nav(pages, current):
     return f'{NAV_CSS}<nav class="fp-nav">{links}</nav>'
 
 
+def _share_css(page_html, css):
+    "Move the <head>'s inline stylesheets (the same for every page) into the shared `css` list; link it instead"
+    head, sep, rest = page_html.partition('</head>')
+    for block in re.findall(r'<style[^>]*>.*?</style>', head, flags=re.S):
+        inner = re.sub(r'^<style[^>]*>|</style>$', '', block)
+        if inner not in css: css.append(inner)
+        head = head.replace(block, '', 1)
+    return head + '<link rel="stylesheet" href="site.css">\n' + sep + rest
+
+
 def _readme(proc: Path):
     import nbformat
     from nbconvert import MarkdownExporter
@@ -117,13 +127,14 @@ def _fallback(readme_only=False):
     out = ROOT/'docs'
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    exp = HTMLExporter(template_name='lab')
+    exp, css = HTMLExporter(template_name='lab'), []
     for p, (page, title) in zip(nbs, pages):
         body, _ = exp.from_notebook_node(_prep(nbformat.read(p, as_version=4)))
         body = re.sub(r'href="/([\w-]+\.html)', r'href="\1', body)  # site-relative links work from any folder
         body = body.replace('<title>Notebook</title>', f'<title>{html.escape(title)} – fastprune</title>')
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + _nav(pages, page), body, count=1)
-        (out/page).write_text(body)
+        (out/page).write_text(_share_css(body, css))
+    (out/'site.css').write_text('\n'.join(css))
     for p, (page, title) in zip(mds, pages[len(nbs):]):
         text = re.sub(r'^---\n.*?\n---\n', '', p.read_text(), flags=re.S)
         (out/page).write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} – fastprune'
