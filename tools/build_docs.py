@@ -46,7 +46,8 @@ def _prep(nb):
         cells.append(c)
     if front.get('title'):
         head = f"# {front['title']}" + (f"\n\n> {front['description']}" if front.get('description') else '')
-        cells.insert(0, nbformat.v4.new_markdown_cell(head, id='page-title'))  # fixed id: rebuilds are byte-identical
+        cells.insert(0, nbformat.v4.new_markdown_cell(head))
+    for i, c in enumerate(cells): c.id = f'c{i}'  # nbdev's processing makes some ids at random: rebuilds must be identical
     nb.cells = cells
     nb.metadata['language_info'] = {'name': 'python'}
     return nb
