@@ -241,10 +241,9 @@ def _example_inputs(self:PruneCallback):
 
 @patch
 def show_summary(self:PruneCallback):
-    "Show the per-layer sparsity of the pruned model (`fastprune.metrics.sparsity_report` if present, else the Sparsifier's)"
+    "Show the per-layer sparsity, FLOPs and Blalock ratios of the pruned model (`sparsity_report`)"
     if self.sparsifier is None: return
-    try: from fastprune.metrics import sparsity_report
-    except ImportError: return _show(self.sparsifier.report())
+    from fastprune.metrics import sparsity_report  # metrics imports the sparsifier: imported here, when first needed
     _show(sparsity_report(self._model, self._example_inputs()))
 
 @patch
