@@ -23,10 +23,10 @@ class MaskCheck(Callback):
     def after_step(self): self._check()
     def after_fit(self): self._check()
 
-def run_worker(rank, world, port, out):
+def run_worker(rank, world, out):
     warnings.filterwarnings('ignore')
-    os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'] = '127.0.0.1', str(port)
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    # a FileStore rendezvous: no TCP port to race for and no store-server thread in rank 0 to tear down at exit
+    dist.init_process_group('gloo', init_method=f'file://{out}/rendezvous', rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         torch.manual_seed(0)                       # same initial weights on every rank
@@ -42,4 +42,5 @@ def run_worker(rank, world, port, out):
         learn.fit_one_cycle(2, 1e-2)
         torch.save({'checks': check.checks, 'sparsity': cb.sparsifier.sparsity(),
                     'masks': {n: m.prune_mask.clone() for n, m in cb.sparsifier.layers.items()}}, f'{out}/rank{rank}.pt')
+        dist.barrier()                             # nobody tears the group down while the other rank still talks to it
     finally: dist.destroy_process_group()

@@ -1,5 +1,5 @@
 "Behaviour tests for `fastprune.callback.PruneCallback`: exact targets, timing, no regrowth, resume, DDP, errors"
-import os, sys, copy, math, socket, warnings
+import os, sys, copy, math, warnings
 import pytest, torch
 from functools import partial
 from fastcore.foundation import L
@@ -308,18 +308,13 @@ def test_errors_before_training(kw, msg):
 
 # ---------------------------------------------------------------- distributed
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
 @pytest.mark.slow
 def test_ddp_identical_masks(tmp_path):
     "2 processes on gloo: every rank holds rank 0's masks after every step, even with a rank-dependent criterion"
     import torch.multiprocessing as mp
     sys.path.insert(0, os.path.dirname(__file__))
     from _ddp_worker import run_worker
-    port = _free_port()
-    mp.spawn(run_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(run_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     res = [torch.load(tmp_path/f'rank{r}.pt') for r in range(2)]
     assert res[0]['checks'] > 20 and res[0]['checks'] == res[1]['checks']
     for n in res[0]['masks']: assert torch.equal(res[0]['masks'][n], res[1]['masks'][n])
