@@ -230,7 +230,7 @@ def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
 # %% ../nbs/06_metrics.ipynb #b05c1ebd
 class LatencyResult:
     "Median latencies of several models and their speedup over the first (baseline) one"
-    def __init__(self, df:pd.DataFrame, times:dict): self.df, self.times = df, times
+    def __init__(self, df:pd.DataFrame, times:dict, cpu_times:dict=None): self.df, self.times, self.cpu_times = df, times, cpu_times
     def to_pandas(self) -> pd.DataFrame: return self.df.copy()
     def __getitem__(self, name): return self.df.set_index('model').loc[name]
     def __repr__(self): return self.df.to_string(index=False, float_format=lambda v: f'{v:.3f}')
@@ -251,7 +251,7 @@ def measure_latency(models:dict|list, # {name: model} or a list of models; the f
                     device='cpu', # where models and inputs run
                     batch_size:int=None, # repeat the first example to this many rows (default: inputs as given)
                    ) -> LatencyResult:
-    "Time inference of `models` alternately in one process: median/min milliseconds and speedup vs the first model"
+    "Time inference of `models` in rotation in one process: median/min ms, CPU ms and speedup vs the first model"
     if isinstance(models, nn.Module): models = [models]
     if not isinstance(models, dict): models = {f'{i}: {type(m).__name__}': m for i, m in enumerate(models)}
     if not models: raise ValueError("models is empty: give at least one model")
@@ -261,28 +261,40 @@ def measure_latency(models:dict|list, # {name: model} or a list of models; the f
     xs = tuple(x.to(dev) if isinstance(x, Tensor) else x for x in _as_tuple(example_inputs))
     if batch_size is not None:
         xs = tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() if isinstance(x, Tensor) else x for x in xs)
-    state = {n: (_device(m), m.training) for n, m in models.items()}
+    state = {n: (_device(m), getattr(m, 'training', None)) for n, m in models.items()}  # frozen TorchScript has no mode
     old_threads = torch.get_num_threads()
-    times = {n: [] for n in models}
+    times, cpu = {n: [] for n in models}, {n: [] for n in models}
+    names = list(models)
     try:
         if threads is not None: torch.set_num_threads(threads)
-        for m in models.values(): m.to(dev).eval()
+        for n, m in models.items():
+            m.to(dev)
+            if state[n][1] is not None: m.eval()
         with torch.inference_mode():
             for _ in range(warmup):
                 for m in models.values(): m(*xs)
             _sync(dev)
-            for _ in range(n_runs):
-                for n, m in models.items():
-                    t0 = time.perf_counter(); m(*xs); _sync(dev)
-                    times[n].append(time.perf_counter()-t0)
+            for i in range(n_runs):
+                for n in names[i % len(names):] + names[:i % len(names)]:   # rotate who goes first
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    models[n](*xs); _sync(dev)
+                    times[n].append(time.perf_counter()-t0); cpu[n].append(time.process_time()-c0)
     finally:
         torch.set_num_threads(old_threads)
-        for n, m in models.items(): m.to(state[n][0]).train(state[n][1])
+        for n, m in models.items():
+            m.to(state[n][0])
+            if state[n][1] is not None: m.train(state[n][1])
     med = {n: statistics.median(t)*1e3 for n, t in times.items()}
-    base = next(iter(med.values()))
-    df = pd.DataFrame({'model': list(med), 'median_ms': list(med.values()), 'min_ms': [min(t)*1e3 for t in times.values()],
-                       'speedup': [base/v for v in med.values()]})
-    return LatencyResult(df, times)
+    base = times[names[0]]
+    # run-by-run ratios pair each run with the baseline's run of the same round, a moment apart: their quartiles
+    # show how much of the speedup is noise
+    q = {n: statistics.quantiles([b/t for b, t in zip(base, times[n])], n=4, method='inclusive') if n_runs > 1 else
+            [base[0]/times[n][0]]*3 for n in names}
+    df = pd.DataFrame({'model': names, 'median_ms': list(med.values()), 'min_ms': [min(t)*1e3 for t in times.values()],
+                       'cpu_ms': [statistics.median(cpu[n])*1e3 for n in names],
+                       'speedup': [med[names[0]]/v for v in med.values()],
+                       'speedup_q1': [q[n][0] for n in names], 'speedup_q3': [q[n][2] for n in names]})
+    return LatencyResult(df, times, cpu)
 
 # %% ../nbs/06_metrics.ipynb #fce48a23
 import matplotlib.pyplot as plt

@@ -1,5 +1,5 @@
 "Tests of fastprune.metrics: counts against hand computation, Blalock ratios, reports, latency, plots, sensitivity"
-import copy, math
+import copy, math, time
 import pytest, torch, torchvision
 from torch import nn
 import torch.nn.utils.prune as tprune
@@ -201,13 +201,39 @@ def test_latency_structure():
     a, b = nn.Linear(16, 16).eval(), nn.Linear(16, 4).train()
     r = measure_latency({'a': a, 'b': b}, torch.randn(2, 16), n_runs=3, warmup=1, threads=1, batch_size=4)
     df = r.to_pandas()
-    assert list(df.columns) == ['model', 'median_ms', 'min_ms', 'speedup']
+    assert list(df.columns) == ['model', 'median_ms', 'min_ms', 'cpu_ms', 'speedup', 'speedup_q1', 'speedup_q3']
     assert list(df.model) == ['a', 'b'] and df.speedup[0] == 1
     assert (df.median_ms > 0).all() and (df.min_ms <= df.median_ms).all()
     assert all(len(t) == 3 for t in r.times.values())
     assert b.training and not a.training              # modes restored
     r2 = measure_latency([a, b], torch.randn(1, 16), n_runs=1, warmup=0)
     assert len(r2.to_pandas()) == 2
+
+def test_latency_of_frozen_torchscript():
+    "a frozen TorchScript module has no train/eval mode: it is timed as is"
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(): frozen = torch.jit.freeze(torch.jit.trace(m, x))
+    r = measure_latency({'eager': m, 'frozen': frozen}, x, n_runs=2, warmup=1)
+    assert len(r.times['frozen']) == 2 and not m.training
+
+class _Sleeper(nn.Module):
+    "sleeps `s` seconds per call (no CPU used) and logs its name, to test timing and rotation"
+    def __init__(self, name, s, log): super().__init__(); self.name, self.s, self.log = name, s, log
+    def forward(self, x): self.log.append(self.name); time.sleep(self.s); return x
+
+def test_latency_rotation_and_ratios():
+    log = []
+    models = {'slow': _Sleeper('slow', 0.02, log), 'fast': _Sleeper('fast', 0.005, log), 'mid': _Sleeper('mid', 0.01, log)}
+    r = measure_latency(models, torch.zeros(1, 2), n_runs=6, warmup=0)
+    rounds = [log[i:i+3] for i in range(0, 18, 3)]
+    assert [rd[0] for rd in rounds] == ['slow', 'fast', 'mid'] * 2      # each round starts with the next model
+    assert all(sorted(rd) == ['fast', 'mid', 'slow'] for rd in rounds)
+    df = r.to_pandas().set_index('model')
+    assert df.loc['fast'].speedup == pytest.approx(4, rel=0.25) and df.loc['mid'].speedup == pytest.approx(2, rel=0.25)
+    assert df.loc['slow'].speedup_q1 == df.loc['slow'].speedup_q3 == 1
+    for n in ('fast', 'mid'): assert df.loc[n].speedup_q1 <= df.loc[n].speedup_q3
+    assert (df.cpu_ms < df.median_ms / 2).all()                          # sleeping costs wall time, not CPU time
 
 
 # ---------- plots ----------
