@@ -224,13 +224,14 @@ class _Sleeper(nn.Module):
 
 def test_latency_rotation_and_ratios():
     log = []
-    models = {'slow': _Sleeper('slow', 0.02, log), 'fast': _Sleeper('fast', 0.005, log), 'mid': _Sleeper('mid', 0.01, log)}
+    models = {'slow': _Sleeper('slow', 0.04, log), 'fast': _Sleeper('fast', 0.01, log), 'mid': _Sleeper('mid', 0.02, log)}
     r = measure_latency(models, torch.zeros(1, 2), n_runs=6, warmup=0)
     rounds = [log[i:i+3] for i in range(0, 18, 3)]
     assert [rd[0] for rd in rounds] == ['slow', 'fast', 'mid'] * 2      # each round starts with the next model
     assert all(sorted(rd) == ['fast', 'mid', 'slow'] for rd in rounds)
     df = r.to_pandas().set_index('model')
-    assert df.loc['fast'].speedup == pytest.approx(4, rel=0.25) and df.loc['mid'].speedup == pytest.approx(2, rel=0.25)
+    # sleeps only overshoot, by a little: loose bounds, so a busy machine cannot fail the test
+    assert 2.5 < df.loc['fast'].speedup < 4.5 and 1.4 < df.loc['mid'].speedup < 2.3 and df.loc['fast'].speedup > df.loc['mid'].speedup
     assert df.loc['slow'].speedup_q1 == df.loc['slow'].speedup_q3 == 1
     for n in ('fast', 'mid'): assert df.loc[n].speedup_q1 <= df.loc[n].speedup_q3
     assert (df.cpu_ms < df.median_ms / 2).all()                          # sleeping costs wall time, not CPU time

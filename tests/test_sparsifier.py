@@ -295,26 +295,27 @@ def test_errors():
     with pytest.raises(RuntimeError, match='update'): Sparsifier(digits_cnn(), Filter(), Taylor()).prune(0.5)
 
 
-def _ddp_worker(rank, world, port, q):
+def _ddp_worker(rank, world, store, q):
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    # a FileStore rendezvous: no TCP port to race for, no store-server thread in rank 0 to tear down at exit
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world)
     try:
         torch.manual_seed(0); m = mlp()
         sp = Sparsifier(m, criterion=Random(seed=rank), context='global')  # each rank would pick different weights
         sp.prune(0.5)
         q.put((rank, {n: mm.prune_mask.clone() for n, mm in sp.layers.items()}))
+        dist.barrier()                      # nobody tears the group down while the other rank still uses it
     finally: dist.destroy_process_group()
 
 @pytest.mark.slow
-def test_distributed_masks_identical():
-    import torch.multiprocessing as mp, socket
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+def test_distributed_masks_identical(tmp_path):
+    import torch.multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path/'rendezvous'), q)) for r in range(2)]
     for p in procs: p.start()
     res = dict(q.get(timeout=240) for _ in procs)
     for p in procs: p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
     assert all(torch.equal(res[0][n], res[1][n]) for n in res[0])
     # without the broadcast they would differ: rank 1's own choice is not rank 0's
     torch.manual_seed(0); sp1 = Sparsifier(mlp(), criterion=Random(seed=1), context='global').prune(0.5)
