@@ -233,9 +233,7 @@ def show_groups(g:Granularity, # the granularity to draw
             ci = gi*(I//G) + i
             img[o*(kh+1):o*(kh+1)+kh, ci*(kw+1):ci*(kw+1)+kw] = c[o, i].numpy()
     if ax is None: _, ax = plt.subplots(figsize=(0.35*img.shape[1]/3 + 1, 0.35*img.shape[0]/3 + 1))
-    cmap = plt.get_cmap('tab20' if keep is None else 'Greys').copy()
-    cmap.set_bad('white')
-    if keep is None: ax.imshow(np.ma.masked_invalid(img % 20), cmap=cmap, vmin=0, vmax=19)
+    if keep is None: ax.imshow(np.ma.masked_invalid(img % 20), cmap=plt.get_cmap('tab20').with_extremes(bad='white'), vmin=0, vmax=19)
     else: ax.imshow(np.ma.masked_invalid(np.where(img == 0, np.nan, img)), cmap='Blues', vmin=0, vmax=1.5)
     ax.set_title(title or g.name); ax.set_xticks([]); ax.set_yticks([])
     ax.set_xlabel('input channels'); ax.set_ylabel('filters')
