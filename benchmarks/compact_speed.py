@@ -22,6 +22,8 @@ convolution with half the channels does a quarter of the MACs but runs oneDNN's 
 The process CPU time per run is printed too: on a shared, loaded machine it is a steadier measure than the wall clock.
 
 Run: python benchmarks/compact_speed.py [--runs 21] [--threads 2]
+(the profiler behind the last line logs a few `USDT ... profiler_start` lines, and on a machine without CUDA a
+`gpuGetDeviceCount failed` line, to stderr: harmless)
 (on a machine shared with other jobs, prefix OMP_WAIT_POLICY=PASSIVE so that waiting threads do not spin)
 """
 import argparse, os, statistics, warnings

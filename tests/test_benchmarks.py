@@ -1,0 +1,29 @@
+"Smoke tests for `benchmarks/`: every script imports, and the compaction speed benchmark runs end to end on a tiny input"
+import importlib.util, pathlib, warnings
+import pytest
+
+BENCH = pathlib.Path(__file__).parent.parent/'benchmarks'
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(f'bench_{path.stem}', path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+@pytest.mark.parametrize('path', sorted(BENCH.glob('*.py')), ids=lambda p: p.name)
+def test_benchmark_imports(path):
+    "a script whose imports rot fails here, not on the next person who wants its figures"
+    assert callable(_load(path).main)
+
+@pytest.mark.slow
+def test_compact_speed_runs(capsys):
+    "every form is timed (or skipped with a reason), the MAC ratio is printed, the compact model matches the masked one"
+    mod = _load(BENCH/'compact_speed.py')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mod.main(runs=2, warmup=1, threads=1, bs=1, size=64)
+    out = capsys.readouterr().out
+    assert 'theoretical speedup' in out
+    for form in ('eager', 'bn-folded', 'folded+NHWC', 'TorchScript', 'inductor'):
+        assert any(l.startswith(form) and ('measured/theoretical' in l or 'skipped:' in l) for l in out.splitlines()), form
+    err = float(out.split('max |compact - masked| = ')[1].split()[0])
+    assert err < 1e-4
