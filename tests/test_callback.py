@@ -200,7 +200,9 @@ def test_validation_never_changes_masks(capsys):
     learn = tiny_learner(cb)
     learn.validate(); learn.get_preds()     # these run before_fit/after_fit too, but must not prune, print or compact
     assert cb.sparsifier.sparsity() == 0 and capsys.readouterr().out == ''
+    learn.remove_cb(cb)                     # detached, so setting `summary` does not shadow `Learner.summary`
     cb.soft, cb.summary = False, False
+    learn.add_cb(cb)
     probe = Probe(cb)
     learn.fit_one_cycle(1, 1e-2, cbs=probe)   # Probe.after_validate asserts the masks did not move
     assert cb.sparsifier.sparsity() == pytest.approx(0.5, abs=2e-3)
