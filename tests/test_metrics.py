@@ -1,5 +1,5 @@
 "Tests of fastprune.metrics: counts against hand computation, Blalock ratios, reports, latency, plots, sensitivity"
-import copy, math, time
+import copy, math
 import pytest, torch, torchvision
 from torch import nn
 import torch.nn.utils.prune as tprune
@@ -217,25 +217,44 @@ def test_latency_of_frozen_torchscript():
     r = measure_latency({'eager': m, 'frozen': frozen}, x, n_runs=2, warmup=1)
     assert len(r.times['frozen']) == 2 and not m.training
 
-class _Sleeper(nn.Module):
-    "sleeps `s` seconds per call (no CPU used) and logs its name, to test timing and rotation"
-    def __init__(self, name, s, log): super().__init__(); self.name, self.s, self.log = name, s, log
-    def forward(self, x): self.log.append(self.name); time.sleep(self.s); return x
+class _Clocked(nn.Module):
+    "advances a fake wall clock by `s` and a fake CPU clock by `s/10` per call, and logs its name"
+    def __init__(self, name, s, clock, log): super().__init__(); self.name, self.s, self.clock, self.log = name, s, clock, log
+    def forward(self, x):
+        self.log.append(self.name); self.clock['wall'] += self.s; self.clock['cpu'] += self.s / 10
+        return x
 
-def test_latency_rotation_and_ratios():
-    log = []
-    models = {'slow': _Sleeper('slow', 0.04, log), 'fast': _Sleeper('fast', 0.01, log), 'mid': _Sleeper('mid', 0.02, log)}
-    r = measure_latency(models, torch.zeros(1, 2), n_runs=6, warmup=0)
-    rounds = [log[i:i+3] for i in range(0, 18, 3)]
-    assert [rd[0] for rd in rounds] == ['slow', 'fast', 'mid'] * 2      # each round starts with the next model
+def test_latency_rotation_and_ratios(monkeypatch):
+    "timed on a fake clock, so the figures are exact whatever the machine is doing"
+    import fastprune.metrics as fm
+    clock, log = {'wall': 0., 'cpu': 0.}, []
+    models = {n: _Clocked(n, s, clock, log) for n, s in [('slow', 0.04), ('fast', 0.01), ('mid', 0.02)]}
+    with monkeypatch.context() as mp:
+        mp.setattr(fm.time, 'perf_counter', lambda: clock['wall'])
+        mp.setattr(fm.time, 'process_time', lambda: clock['cpu'])
+        r = measure_latency(models, torch.zeros(1, 2), n_runs=6, warmup=1)
+    rounds = [log[3 + i:3 + i + 3] for i in range(0, 18, 3)]              # after the warm-up round
+    assert [rd[0] for rd in rounds] == ['slow', 'fast', 'mid'] * 2          # each round starts with the next model
     assert all(sorted(rd) == ['fast', 'mid', 'slow'] for rd in rounds)
     df = r.to_pandas().set_index('model')
-    # sleeps only overshoot, by a little: loose bounds, so a busy machine cannot fail the test
-    assert 2.5 < df.loc['fast'].speedup < 4.5 and 1.4 < df.loc['mid'].speedup < 2.3 and df.loc['fast'].speedup > df.loc['mid'].speedup
-    assert df.loc['slow'].speedup_q1 == df.loc['slow'].speedup_q3 == 1
-    for n in ('fast', 'mid'): assert df.loc[n].speedup_q1 <= df.loc[n].speedup_q3
-    assert (df.cpu_ms < df.median_ms / 2).all()                          # sleeping costs wall time, not CPU time
+    assert list(df.median_ms) == pytest.approx([40, 10, 20]) and list(df.cpu_ms) == pytest.approx([4, 1, 2])
+    assert list(df.speedup) == pytest.approx([1, 4, 2])
+    assert list(df.speedup_q1) == pytest.approx([1, 4, 2]) and list(df.speedup_q3) == pytest.approx([1, 4, 2])
 
+def test_latency_quartiles_show_noise(monkeypatch):
+    "run-by-run ratios: a model that is 2x faster in half of the rounds and 4x in the other half has quartiles 2 and 4"
+    import fastprune.metrics as fm
+    clock, log = {'wall': 0., 'cpu': 0.}, []
+    base, other = _Clocked('base', 0.04, clock, log), _Clocked('other', 0.02, clock, log)
+    def forward(x):                                                        # alternately 20 ms and 10 ms
+        other.s = 0.02 if other.s == 0.01 else 0.01
+        return _Clocked.forward(other, x)
+    other.forward = forward
+    with monkeypatch.context() as mp:
+        mp.setattr(fm.time, 'perf_counter', lambda: clock['wall'])
+        mp.setattr(fm.time, 'process_time', lambda: clock['cpu'])
+        df = measure_latency({'base': base, 'other': other}, torch.zeros(1, 2), n_runs=8, warmup=0).to_pandas()
+    assert df.speedup_q1[1] == pytest.approx(2) and df.speedup_q3[1] == pytest.approx(4)
 
 # ---------- plots ----------
 
