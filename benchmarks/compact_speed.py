@@ -2,7 +2,7 @@
 
 torchvision resnet18 (random weights), input 8x3x224x224, eval mode, 2 threads. 50% of the channels of every
 dependency-coupled unit are pruned (`Sparsifier(..., Filter(), context='local', example_inputs=...)`, so the residual
-streams lose half their channels too), then `compact` removes them. Printed: MACs before/after (FlopCounterMode),
+streams lose half their channels too), then `compact` removes them. Printed: MACs before/after (`fastprune.metrics.count_flops`, PyTorch's FlopCounterMode),
 the theoretical speed-up (MAC ratio), the measured latency speed-up (medians of alternated dense/compact runs in this
 process, `fastprune.metrics.measure_latency`, with the quartiles of the run-by-run speed-ups as a noise gauge) and
 measured/theoretical (goal >= 0.92).
@@ -28,17 +28,12 @@ Run: python benchmarks/compact_speed.py [--runs 21] [--threads 2]
 """
 import argparse, os, statistics, warnings
 import torch, torchvision
-from torch.utils.flop_counter import FlopCounterMode
 from torch.fx.experimental.optimization import fuse
 from fastprune.sparsifier import Sparsifier
 from fastprune.granularity import Filter
 from fastprune.criteria import Magnitude
 from fastprune.compact import compact
-from fastprune.metrics import measure_latency
-
-def macs(model, x):
-    with FlopCounterMode(display=False) as fc, torch.inference_mode(): model(x)
-    return fc.get_total_flops() / 2
+from fastprune.metrics import count_flops, measure_latency
 
 def torchscript(model, x):
     "trace, freeze and optimise for inference (oneDNN layouts, fused conv+ReLU)"
@@ -78,7 +73,7 @@ def main(runs=21, warmup=3, threads=2, bs=8, size=224):
     sp.prune(0.5); sp.apply_masks()
     small = compact(masked, x[:1]).eval()
     with torch.inference_mode(): err = (small(x[:2]) - masked(x[:2])).abs().max().item()
-    m_dense, m_small = macs(dense, x), macs(small, x)
+    m_dense, m_small = count_flops(dense, x).total / 2, count_flops(small, x).total / 2
     theo = m_dense / m_small
     n = lambda m: sum(p.numel() for p in m.parameters())
     print(f"resnet18, input {tuple(x.shape)}, eval, {threads} threads, {runs} alternated runs, torch {torch.__version__}")

@@ -132,6 +132,8 @@ def _fallback(readme_only=False):
     for p, (page, title) in zip(nbs, pages):
         body, _ = exp.from_notebook_node(_prep(nbformat.read(p, as_version=4)))
         body = re.sub(r'href="/([\w-]+\.html)', r'href="\1', body)  # site-relative links work from any folder
+        if 'class="jp-Mermaid' not in body:  # nbconvert's Mermaid loader (~420 lines per page) does nothing without a diagram
+            body = re.sub(r'<script type="module">\s*document\.addEventListener\("DOMContentLoaded".*?</script>', '', body, count=1, flags=re.S)
         body = body.replace('<title>Notebook</title>', f'<title>{html.escape(title)} – fastprune</title>')
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + _nav(pages, page), body, count=1)
         (out/page).write_text(_share_css(body, css))
