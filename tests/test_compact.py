@@ -194,7 +194,7 @@ class Res(nn.Module):
         y = torch.cat([self.dw(x), self.b(x)], 1)
         return self.head(self.c(y).mean((2, 3)))
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=12, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_coupled_masks_compact_exactly(data):
     "Property: for any choice of pruned channels per coupled unit, the compacted model equals the masked one"

@@ -53,7 +53,7 @@ def test_movement_by_hand():
     torch.testing.assert_close(mv.element_scores(lin), -(WG1 + WG2))
     torch.testing.assert_close(mv(lin, Filter()), -(WG1 + WG2).sum(1))
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(st.integers(0, 2**31-1), st.integers(1, 3))
 def test_gradient_and_taylor_match_direct_computation(seed, n_batches):
     "On a random conv, scores equal a direct per-batch computation from the gradients"

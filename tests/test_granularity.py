@@ -1,10 +1,10 @@
 "Property tests of fastprune.granularity: round trips, brute-force references, N:M blocks, errors"
 import math, pytest, torch
 from torch import nn
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import given, settings, strategies as st
 from fastprune.granularity import *
 
-SET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SET = settings(max_examples=25)
 
 def make_layer(kind, g, ipg, opg, k):
     "A layer of `kind` with `g` groups, `ipg` input and `opg` output channels per group, kernel size `k`"

@@ -127,7 +127,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match='models'): measure_latency({}, torch.randn(1, 2))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(st.integers(1, 12), st.integers(1, 12), st.floats(0, 1), st.integers(0, 2**31-1))
 def test_random_masks(n_in, n_out, p, seed):
     "Non-zero counts equal the mask's ones; non-zero FLOPs are the layer's FLOPs scaled by density"
@@ -316,7 +316,7 @@ def test_sensitivity_analysis_with_sparsifier():
     assert isinstance(sens.plot(), plt.Axes); plt.close('all')
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(st.lists(st.tuples(st.integers(1, 10_000), st.lists(st.floats(0, 1), min_size=3, max_size=3)), min_size=1, max_size=6),
        st.floats(0, 0.94))
 def test_suggest_hits_target(layers, target):

@@ -22,14 +22,14 @@ def schedules(draw):
 
 probs = st.floats(0., 1.)
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(schedules(), st.lists(probs, min_size=2, max_size=50))
 def test_monotone_in_unit_interval(s, ps):
     vals = [s(p) for p in sorted(ps)]
     assert all(0. <= v <= 1. for v in vals)
     assert all(a <= b for a,b in zip(vals, vals[1:])), (s, sorted(ps), vals)
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(schedules(), probs)
 def test_zero_before_start_one_from_end(s, u):
     if s.start > 0: assert s(min(u*s.start, math.nextafter(s.start, -1))) == 0.
@@ -37,7 +37,7 @@ def test_zero_before_start_one_from_end(s, u):
     assert s(1.) == 1. and s(s.end) == 1.
     assert type(s(u)) is float
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(start_end(), probs)
 def test_smooth_schedules_start_at_zero_and_are_continuous(se, u):
     start, end = se
@@ -50,7 +50,7 @@ def test_smooth_schedules_start_at_zero_and_are_continuous(se, u):
         h = 1e-9
         assert abs(s(min(p+h, 1.)) - s(p)) <= 4*h/(end-start) + 1e-12
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(start_end(), probs, st.floats(0., 1.), st.floats(0., 1.))
 def test_agp_is_published_formula(se, u, a, b):
     start, end = se
@@ -72,7 +72,7 @@ def test_linear_cosine_values():
     assert math.isclose(cosine(0.2, 0.6)(0.4), 0.5)
     assert math.isclose(cosine()(0.25), (1 - math.cos(math.pi/4))/2)
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.integers(1, 30), start_end())
 def test_iterative_steps(steps, se):
     start, end = se

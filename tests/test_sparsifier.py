@@ -2,7 +2,7 @@
 import copy, importlib.util, io, math, os, sys
 import pytest, torch, torchvision
 from torch import nn
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import given, settings, strategies as st
 from fastprune.granularity import *
 from fastprune.criteria import *
 from fastprune.sparsifier import *
@@ -71,7 +71,7 @@ def test_nm_target_counts_weights():
         assert int(NM(2, 4).groups(mm.prune_mask, mm).sum(1).min()) >= 2
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25)
 @given(targets=st.lists(st.floats(0, 0.95), min_size=2, max_size=5),
        gran=st.sampled_from(['weight', 'kernel', 'filter']), context=st.sampled_from(['local', 'global']),
        crit=st.sampled_from(['mag', 'mean', 'random']))
@@ -92,7 +92,7 @@ def test_monotone_masks(targets, gran, context, crit):
         with pytest.raises(ValueError, match='never shrink'): sp.prune({n: 0. for n in sp.layers})
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(sizes=st.lists(st.integers(1, 200), min_size=1, max_size=5), data=st.data())
 def test_global_select_matches_sorting(sizes, data):
     "global_select (sample bracket and radix fallback) = taking the k lowest in (score, unit, index) order under caps"
