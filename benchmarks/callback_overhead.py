@@ -17,8 +17,8 @@ from fastprune.callback import PruneCallback
 warnings.filterwarnings('ignore')
 
 VARIANTS = {'dense': ('dense (no callback)', lambda: None),
-            'agp90': ('PruneCallback AGP 90% (defaults)', lambda: PruneCallback(0.9, summary=False)),  # agp(0, 0.8), update_every=1/16
-            'agp90_0': ('AGP 90%, update_every=0', lambda: PruneCallback(0.9, update_every=0, summary=False))}
+            'agp90': ('PruneCallback AGP 90% (defaults)', lambda: PruneCallback(0.9, report=False)),  # agp(0, 0.8), update_every=1/16
+            'agp90_0': ('AGP 90%, update_every=0', lambda: PruneCallback(0.9, update_every=0, report=False))}
 
 def train(variant, epochs, seed=0):
     "Fit a fresh seeded digits CNN with `fit_one_cycle`; returns (wall s, cpu s, valid accuracy, sparsity)"

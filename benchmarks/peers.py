@@ -57,7 +57,7 @@ def run_fastprune(init, a):
     from fastprune.criteria import Magnitude
     from fastprune.schedules import agp
     learn = _learner(init, a.seed)
-    cb = PruneCallback(0.9, Weight(), Magnitude(), context='global', schedule=agp(0.2, 0.8), summary=False)
+    cb = PruneCallback(0.9, Weight(), Magnitude(), context='global', schedule=agp(0.2, 0.8), report=False)
     return learn, _fit(learn, a.epochs, a.lr, cbs=cb)
 
 

@@ -34,7 +34,7 @@ def run_worker(rank, world, out):
         dls = digits_dls(bs=128, seed=rank)        # rank-dependent data order
         for dl in dls.loaders: dl.fake_l.num_workers = 0   # no DataLoader worker processes inside the spawned ranks
         # a rank-dependent criterion: without the Sparsifier's broadcast from rank 0 the masks would differ
-        cb = PruneCallback(0.8, criterion=Random(seed=rank), schedule=agp(0, 0.7), update_every=0, summary=False)
+        cb = PruneCallback(0.8, criterion=Random(seed=rank), schedule=agp(0, 0.7), update_every=0, report=False)
         check = MaskCheck(cb)
         learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=[cb, check])
         learn.remove_cb(ProgressCallback)

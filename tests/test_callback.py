@@ -66,7 +66,7 @@ class Probe(Callback):
                                 dict(sparsity=0.5, granularity=Filter()), dict(sparsity=0.6, granularity=Kernel()),
                                 dict(sparsity={'0.0': 0.5, '2.0': 0.8})])
 def test_final_sparsity_exact(kw):
-    cb = PruneCallback(summary=False, **kw)
+    cb = PruneCallback(report=False, **kw)
     learn = tiny_learner(cb)
     learn.fit_one_cycle(2, 1e-2)
     sp, s = cb.sparsifier, kw['sparsity']
@@ -83,7 +83,7 @@ def test_final_sparsity_exact(kw):
 
 @pytest.mark.parametrize('sched,start', [(agp(0.5, 0.9), 0.5), (one_shot(0.3), 0.3), (iterative(2, 0.25, 0.75), 0.25)])
 def test_no_pruning_before_start(sched, start):
-    cb = PruneCallback(0.8, schedule=sched, summary=False)
+    cb = PruneCallback(0.8, schedule=sched, report=False)
     probe = Probe(cb)
     learn = tiny_learner([cb, probe])
     learn.fit_one_cycle(2, 1e-2)
@@ -97,7 +97,7 @@ def test_updates_are_rare():
     "masks are recomputed at most once per `update_every` of progress, and only when the target moved"
     n = {}
     for every in (1/8, 0):
-        cb = PruneCallback(0.9, schedule=agp(0, 1.), update_every=every, summary=False)
+        cb = PruneCallback(0.9, schedule=agp(0, 1.), update_every=every, report=False)
         calls = []
         learn = tiny_learner(cb)
         cb.setup(learn)
@@ -109,7 +109,7 @@ def test_updates_are_rare():
     assert n[1/8] <= 8 + 1 and n[0] > n[1/8]
 
 def test_one_shot_prunes_once():
-    cb = PruneCallback(0.5, schedule=one_shot(0.5), summary=False)
+    cb = PruneCallback(0.5, schedule=one_shot(0.5), report=False)
     learn = tiny_learner(cb)
     cb.setup(learn)
     calls = []
@@ -132,7 +132,7 @@ OPTS = {'sgd_mom_wd': dict(opt_func=partial(SGD, mom=0.9), wd=1e-2),
 
 @pytest.mark.parametrize('opt', list(OPTS))
 def test_zero_drift(opt):
-    cb = PruneCallback(0.8, schedule=iterative(2, 0.1, 0.6), summary=False)
+    cb = PruneCallback(0.8, schedule=iterative(2, 0.1, 0.6), report=False)
     probe = Probe(cb)
     learn = tiny_learner([cb, probe], **OPTS[opt])
     learn.fit_one_cycle(6, 3e-2)       # 72 steps, 65 of them with masks
@@ -146,7 +146,7 @@ def test_zero_drift(opt):
 
 @pytest.mark.parametrize('mp', ['to_fp16', 'cpu_fp16', 'cpu_bf16'])
 def test_zero_drift_mixed_precision(mp):
-    cb = PruneCallback(0.8, schedule=one_shot(0.1), summary=False)
+    cb = PruneCallback(0.8, schedule=one_shot(0.1), report=False)
     probe = Probe(cb)
     learn = tiny_learner([cb, probe])
     if mp == 'to_fp16': learn.to_fp16()        # without CUDA fastai falls back to fp32 (with a warning)
@@ -158,7 +158,7 @@ def test_zero_drift_mixed_precision(mp):
     assert learn.recorder.values[-1][2] > 0.5   # it trained
 
 def test_gradient_accumulation():
-    cb = PruneCallback(0.8, summary=False)
+    cb = PruneCallback(0.8, report=False)
     probe = Probe(cb)
     learn = tiny_learner([cb, probe, GradientAccumulation(n_acc=256)])
     learn.fit_one_cycle(2, 1e-2)
@@ -167,7 +167,7 @@ def test_gradient_accumulation():
 # ---------------------------------------------------------------- gradient criteria
 
 def test_gradient_criterion_accumulates_only_while_needed():
-    cb = PruneCallback(0.7, criterion=Taylor(), schedule=agp(0.1, 0.5), summary=False)
+    cb = PruneCallback(0.7, criterion=Taylor(), schedule=agp(0.1, 0.5), report=False)
     learn = tiny_learner(cb)
     cb.setup(learn)
     n = []
@@ -180,7 +180,7 @@ def test_gradient_criterion_accumulates_only_while_needed():
 # ---------------------------------------------------------------- fine_tune, consecutive fits, validation
 
 def test_fine_tune_and_consecutive_fits():
-    cb = PruneCallback(0.6, summary=False)
+    cb = PruneCallback(0.6, report=False)
     splitter = lambda m: [list(m[:3].parameters()), list(m[3:].parameters())]
     learn = tiny_learner(cb, splitter=splitter)
     sps = []
@@ -201,7 +201,7 @@ def test_validation_never_changes_masks(capsys):
     learn.validate(); learn.get_preds()     # these run before_fit/after_fit too, but must not prune, print or compact
     assert cb.sparsifier.sparsity() == 0 and capsys.readouterr().out == ''
     learn.remove_cb(cb)                     # detached, so setting `summary` does not shadow `Learner.summary`
-    cb.soft, cb.summary = False, False
+    cb.soft, cb.report = False, False
     learn.add_cb(cb)
     probe = Probe(cb)
     learn.fit_one_cycle(1, 1e-2, cbs=probe)   # Probe.after_validate asserts the masks did not move
@@ -209,9 +209,9 @@ def test_validation_never_changes_masks(capsys):
 
 def test_higher_target_in_new_callback_extends_masks():
     learn = tiny_learner()
-    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, summary=False))
+    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, report=False))
     first = {n: m.prune_mask.clone() for n, m in learn.model.named_modules() if hasattr(m, 'prune_mask')}
-    cb = PruneCallback(0.8, summary=False)
+    cb = PruneCallback(0.8, report=False)
     learn.fit_one_cycle(1, 1e-2, cbs=cb)
     assert cb.sparsifier.sparsity() == pytest.approx(0.8, abs=2e-3)
     for n, m in cb.sparsifier.layers.items(): assert not (m.prune_mask & ~first[n]).any()   # never released
@@ -221,12 +221,12 @@ def test_higher_target_in_new_callback_extends_masks():
 def test_resume_from_checkpoint_same_masks(tmp_path):
     "a run interrupted after epoch 1 and resumed from its checkpoint ends with the masks of an uninterrupted run"
     kw = dict(shuffle=False, path=tmp_path)
-    full = PruneCallback(0.9, summary=False)
+    full = PruneCallback(0.9, report=False)
     learn = tiny_learner(full, **kw)
     learn.fit_one_cycle(4, 1e-2, cbs=SaveModelCallback(every_epoch=True, with_opt=True))
     ref, ref_w = masks(full.sparsifier), {n: m.weight.detach().clone() for n, m in full.sparsifier.layers.items()}
 
-    cb = PruneCallback(0.9, summary=False)
+    cb = PruneCallback(0.9, report=False)
     resumed = tiny_learner(cb, seed=1, **kw)   # other initial weights; `after_create` registered the buffers
     resumed.load('model_1')                     # end of epoch 1: masks, weights and optimizer state
     mid = cb.sparsifier.sparsity()
@@ -236,12 +236,12 @@ def test_resume_from_checkpoint_same_masks(tmp_path):
     for n, m in cb.sparsifier.layers.items(): torch.testing.assert_close(m.weight, ref_w[n])
 
 def test_load_needs_setup(tmp_path):
-    learn = tiny_learner(PruneCallback(0.5, schedule=one_shot(0), summary=False), path=tmp_path)
+    learn = tiny_learner(PruneCallback(0.5, schedule=one_shot(0), report=False), path=tmp_path)
     learn.fit(1, 1e-2)
     learn.save('pruned')
     plain = tiny_learner(path=tmp_path, seed=1)
     with pytest.raises(RuntimeError, match='prune_mask'): plain.load('pruned')
-    cb = PruneCallback(0.5, schedule=one_shot(0), summary=False)
+    cb = PruneCallback(0.5, schedule=one_shot(0), report=False)
     plain.add_cb(cb); cb.setup()
     plain.load('pruned')
     assert cb.sparsifier.sparsity() == pytest.approx(0.5, abs=2e-3)
@@ -249,7 +249,7 @@ def test_load_needs_setup(tmp_path):
 # ---------------------------------------------------------------- lottery ticket, soft pruning
 
 def test_lottery_ticket_rewinds_survivors():
-    cb = PruneCallback(0.8, schedule=iterative(2, end=0.5), summary=False)
+    cb = PruneCallback(0.8, schedule=iterative(2, end=0.5), report=False)
     learn = tiny_learner(cb)
     init = {n: m.weight.detach().clone() for n, m in learn.model.named_modules() if hasattr(m, 'weight') and m.weight is not None}
     ticket = LotteryTicket(epoch=0)
@@ -263,7 +263,7 @@ def test_lottery_ticket_rewinds_survivors():
 def test_soft_pruning_regrows_then_hardens():
     # start after an epoch: at initialisation BatchNorm shifts are 0, and a zeroed filter followed by BN and ReLU
     # then outputs ReLU(0) = 0 with no gradient, so it could not regrow
-    cb = PruneCallback(0.5, granularity=Filter(), schedule=one_shot(0.3), soft=True, summary=False)
+    cb = PruneCallback(0.5, granularity=Filter(), schedule=one_shot(0.3), soft=True, report=False)
     learn = tiny_learner(cb)
     seen = []
     learn.add_cb(Callback(after_train=lambda _: seen.append((masks(cb.sparsifier), masked_nonzero(cb.sparsifier)))))
@@ -301,11 +301,11 @@ def test_errors_at_construction(kw, err, msg):
                                     (dict(sparsity=0.5, granularity='2:4'), '2:4|NM|input')])
 def test_errors_before_training(kw, msg):
     "what needs the model fails when the Learner is built (after_create) or at before_fit, before any batch"
-    with pytest.raises(ValueError, match=msg): tiny_learner(PruneCallback(summary=False, **kw))
+    with pytest.raises(ValueError, match=msg): tiny_learner(PruneCallback(report=False, **kw))
     learn = tiny_learner()
     n = []
     with pytest.raises(ValueError, match=msg):
-        learn.fit(1, cbs=[PruneCallback(summary=False, **kw), Callback(before_batch=lambda _: n.append(1))])
+        learn.fit(1, cbs=[PruneCallback(report=False, **kw), Callback(before_batch=lambda _: n.append(1))])
     assert not n
 
 # ---------------------------------------------------------------- distributed
@@ -326,7 +326,7 @@ def test_ddp_identical_masks(tmp_path):
 
 def test_compact_at_end():
     pytest.importorskip('fastprune.compact')
-    cb = PruneCallback(0.5, granularity=Filter(), schedule=one_shot(0.3), compact=True, summary=False)
+    cb = PruneCallback(0.5, granularity=Filter(), schedule=one_shot(0.3), compact=True, report=False)
     learn = tiny_learner(cb)
     learn.fit_one_cycle(2, 1e-2)
     convs = [m for m in learn.model.modules() if isinstance(m, nn.Conv2d)]
@@ -336,7 +336,7 @@ def test_compact_at_end():
     assert acc > 0.3
 
 def test_lr_find_does_not_prune(tmp_path):
-    cb = PruneCallback(0.5, schedule=one_shot(0), summary=False)
+    cb = PruneCallback(0.5, schedule=one_shot(0), report=False)
     learn = tiny_learner(cb, path=tmp_path)   # lr_find saves and reloads the model under path/models
     learn.lr_find(num_it=20, show_plot=False)
     assert cb.sparsifier.sparsity() == 0

@@ -3,7 +3,8 @@ import copy, io, warnings
 import pytest, torch, torch.nn as nn, torchvision
 from hypothesis import given, settings, HealthCheck, strategies as st
 from fastprune.compact import *
-from fastprune.sparsifier import Sparsifier, LayerUnit
+from fastprune.sparsifier import Sparsifier
+from fastprune.units import *
 from fastprune.granularity import Filter, Channel, Weight
 from fastprune.criteria import Magnitude, BNScale, Taylor
 
@@ -218,7 +219,7 @@ def test_compact_learner():
     from fastprune.callback import PruneCallback
     learn = digits_learner()
     xb = learn.dls.valid.one_batch()[0][:1]
-    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, Filter(), context='global', example_inputs=xb, summary=False))
+    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, Filter(), context='global', example_inputs=xb, report=False))
     before = learn.validate()
     dense = n_params(learn.model)
     compact_learner(learn)
@@ -228,7 +229,7 @@ def test_compact_learner():
     opt_ids = {id(p) for pl in learn.opt.param_lists for p in pl}
     assert opt_ids == {id(p) for p in learn.model.parameters()}
     learn = digits_learner()
-    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, Filter(), context='global', example_inputs=xb, compact=True, summary=False))
+    learn.fit_one_cycle(1, 1e-2, cbs=PruneCallback(0.5, Filter(), context='global', example_inputs=xb, compact=True, report=False))
     assert not [n for n, _ in learn.model.named_buffers() if n.endswith('prune_mask')]
     assert n_params(learn.model) < 0.7 * dense
 
