@@ -29,7 +29,7 @@ WG1 = torch.tensor([[1., -4., -.5], [3., 0., 1.]])
 WG2 = torch.tensor([[1., 0., 1.5], [3., 0., -3.]])
 
 def test_gradient_by_hand():
-    lin, g = tiny_linear(), Gradient()
+    lin, g = tiny_linear(), Gradient(normalize=None)
     run(lin, g)
     expected = torch.tensor([[1., 2., 1.], [3., 0., 2.]])   # mean of |WG1| and |WG2|
     torch.testing.assert_close(g.element_scores(lin), expected)
@@ -38,7 +38,7 @@ def test_gradient_by_hand():
     torch.testing.assert_close(g(lin, Weight()), expected.flatten())
 
 def test_taylor_by_hand():
-    lin, tf, tc = tiny_linear(), Taylor(), Taylor()
+    lin, tf, tc = tiny_linear(), Taylor(normalize=None), Taylor(normalize=None)
     run(lin, tf, gran=Filter()); run(lin, tc, gran=Channel())
     # filter sums: batch 1 [-3.5, 4], batch 2 [2.5, 0] -> squared and averaged
     torch.testing.assert_close(tf(lin, Filter()), torch.tensor([(12.25 + 6.25)/2, (16. + 0.)/2]))
@@ -48,7 +48,7 @@ def test_taylor_by_hand():
     with pytest.raises(RuntimeError, match=r"update\(module, Channel\(\)\)"): tf(lin, Channel())
 
 def test_movement_by_hand():
-    lin, mv = tiny_linear(), Movement()
+    lin, mv = tiny_linear(), Movement(normalize=None)
     run(lin, mv)
     torch.testing.assert_close(mv.element_scores(lin), -(WG1 + WG2))
     torch.testing.assert_close(mv(lin, Filter()), -(WG1 + WG2).sum(1))
@@ -59,7 +59,7 @@ def test_gradient_and_taylor_match_direct_computation(seed, n_batches):
     "On a random conv, scores equal a direct per-batch computation from the gradients"
     torch.manual_seed(seed)
     conv = nn.Conv2d(2, 3, 3)
-    crits = [Gradient(), Taylor(), Movement()]
+    crits = [Gradient(normalize=None), Taylor(normalize=None), Movement(normalize=None)]
     wgs = []
     for _ in range(n_batches):
         conv.zero_grad()
@@ -73,7 +73,7 @@ def test_gradient_and_taylor_match_direct_computation(seed, n_batches):
 
 def test_grad_criteria_errors_reset_and_frozen():
     lin = tiny_linear()
-    for c in (Gradient(), Taylor(), Movement()):
+    for c in (Gradient(normalize=None), Taylor(normalize=None), Movement(normalize=None)):
         assert c.needs_grad
         with pytest.raises(RuntimeError, match="needs gradients"): c(lin, Filter())
         lin.weight.grad = None
@@ -87,7 +87,7 @@ def test_grad_criteria_errors_reset_and_frozen():
 
 def test_grad_criteria_restart_when_shape_changes():
     "After compaction changed a layer's weight shape, accumulation restarts instead of failing"
-    lin, g = tiny_linear(), Gradient()
+    lin, g = tiny_linear(), Gradient(normalize=None)
     run(lin, g)
     lin.weight = nn.Parameter(lin.weight.detach()[:1].clone())
     lin.out_features = 1
@@ -106,21 +106,21 @@ def test_criterion_pickles_without_stats():
 def test_magnitude_lp(p):
     conv = nn.Conv2d(3, 4, 3)
     w = conv.weight.detach()
-    torch.testing.assert_close(Magnitude(p)(conv, Filter()), w.flatten(1).norm(p=p, dim=1))
-    torch.testing.assert_close(Magnitude(p)(conv, Channel()), w.transpose(0, 1).flatten(1).norm(p=p, dim=1))
-    torch.testing.assert_close(Magnitude(p)(conv, Weight()), w.abs().flatten())
+    torch.testing.assert_close(Magnitude(p, normalize=None)(conv, Filter()), w.flatten(1).norm(p=p, dim=1))
+    torch.testing.assert_close(Magnitude(p, normalize=None)(conv, Channel()), w.transpose(0, 1).flatten(1).norm(p=p, dim=1))
+    torch.testing.assert_close(Magnitude(p, normalize=None)(conv, Weight()), w.abs().flatten())
 
 def test_magnitude_nm_scores():
     lin = nn.Linear(4, 1)
     with torch.no_grad(): lin.weight.copy_(torch.tensor([[1., -2., 3., -4.]]))
-    torch.testing.assert_close(Magnitude()(lin, NM(2, 4)), torch.tensor([3.]))
-    torch.testing.assert_close(Magnitude(2)(lin, NM(2, 4)), torch.tensor([math.sqrt(5.)]))
+    torch.testing.assert_close(Magnitude(normalize=None)(lin, NM(2, 4)), torch.tensor([3.]))
+    torch.testing.assert_close(Magnitude(2, normalize=None)(lin, NM(2, 4)), torch.tensor([math.sqrt(5.)]))
 
 @pytest.mark.parametrize('norm,stat', [('mean', lambda f: f.mean()), ('max', lambda f: f.max()),
                                        ('sum', lambda f: f.sum()), ('l2', lambda f: f.norm())])
 def test_normalize(norm, stat):
     conv = nn.Conv2d(3, 8, 3)
-    raw = Magnitude()(conv, Filter())
+    raw = Magnitude(normalize=None)(conv, Filter())
     s = Magnitude(normalize=norm)(conv, Filter())
     torch.testing.assert_close(s, raw / stat(raw))
     assert torch.equal(s.argsort(), raw.argsort())
@@ -134,7 +134,7 @@ def test_normalize(norm, stat):
 def test_normalize_makes_layers_comparable():
     small, big = nn.Conv2d(3, 16, 3), nn.Conv2d(128, 16, 3)
     with torch.no_grad(): small.weight.uniform_(-1, 1); big.weight.uniform_(-1, 1)
-    raw = torch.cat([Magnitude()(m, Filter()) for m in (small, big)])
+    raw = torch.cat([Magnitude(normalize=None)(m, Filter()) for m in (small, big)])
     # pruning the 16 lowest raw scores (a global 50% threshold) empties the small layer ...
     assert sorted(raw.argsort()[:16].tolist()) == list(range(16))
     normed = torch.cat([Magnitude(normalize='mean')(m, Filter()) for m in (small, big)])
@@ -184,15 +184,15 @@ def test_geometric_median_brute_force():
     conv = nn.Conv2d(3, 6, 3)
     F = conv.weight.detach().flatten(1)
     ref = torch.stack([sum((F[i] - F[j]).norm() for j in range(6)) for i in range(6)])
-    torch.testing.assert_close(GeometricMedian()(conv, Filter()), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(GeometricMedian(normalize=None)(conv, Filter()), ref, rtol=1e-4, atol=1e-4)
     # fully masked filters are left out of the distances
     mask = torch.ones_like(conv.weight, dtype=torch.bool); mask[2] = False
     conv.register_buffer('prune_mask', mask)
     ref2 = torch.stack([sum((F[i] - F[j]).norm() for j in range(6) if j != 2) for i in range(6)])
-    torch.testing.assert_close(GeometricMedian()(conv, Filter()), ref2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(GeometricMedian(normalize=None)(conv, Filter()), ref2, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="needs Filter"): GeometricMedian()(conv, Weight())
     ct = nn.ConvTranspose2d(4, 5, 2)
-    assert GeometricMedian()(ct, Filter()).shape == (5,)
+    assert GeometricMedian(normalize=None)(ct, Filter()).shape == (5,)
 
 def test_as_criterion():
     conv = nn.Conv2d(2, 3, 3)
@@ -211,15 +211,15 @@ def test_bnscale():
     model = digits_cnn()
     layers = {'0.0': model[0][0], '1.0': model[1][0], '2.0': model[2][0], '5': model[5]}
     with torch.no_grad(): model[1][1].weight.copy_(torch.linspace(-2, 2, 64))
-    bs = BNScale()
+    bs = BNScale(normalize=None)
     with pytest.raises(RuntimeError, match="setup"): bs(model[1][0], Filter())
     bs.setup(model, layers)
     torch.testing.assert_close(bs(model[1][0], Filter()), torch.linspace(-2, 2, 64).abs())
     assert bs.element_scores(model[1][0]).shape == model[1][0].weight.shape
     with pytest.raises(ValueError, match="needs Filter"): bs(model[1][0], Channel())
     with pytest.raises(ValueError, match="'5'"): bs(model[5], Filter())
-    fb = BNScale(fallback=Magnitude()); fb.setup(model, layers)
-    torch.testing.assert_close(fb(model[5], Filter()), Magnitude()(model[5], Filter()))
+    fb = BNScale(normalize=None, fallback=Magnitude(normalize=None)); fb.setup(model, layers)
+    torch.testing.assert_close(fb(model[5], Filter()), Magnitude(normalize=None)(model[5], Filter()))
 
 EXPECTED = {'resnet18': 20, 'resnet50': 53, 'mobilenet_v2': 52, 'mobilenet_v3_small': 34, 'densenet121': 59,
             'vgg11_bn': 8, 'efficientnet_b0': 49}
