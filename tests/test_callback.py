@@ -343,3 +343,38 @@ def test_lr_find_does_not_prune(tmp_path):
     learn.fit_one_cycle(1, 1e-2)
     assert cb.sparsifier.sparsity() == pytest.approx(0.5, abs=2e-3)
     assert learn.recorder.metric_names.count('sparsity') == 1
+
+# ---------------------------------------------------------------- right by default (issue 11)
+
+class TinyRes(nn.Module):
+    "A stem and one residual block: the stem's channels and the block's last conv are coupled through the sum"
+    def __init__(self, c=16):
+        super().__init__()
+        cb = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o))
+        self.stem, self.conv1, self.conv2 = cb(1, c), cb(c, c), cb(c, c)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.head(torch.relu(x + self.conv2(torch.relu(self.conv1(x)))))
+
+def test_structured_callback_couples_channels_by_itself():
+    "No example_inputs: the callback traces a batch of learn.dls, so compact=True removes what was pruned on a residual net"
+    cb = PruneCallback(0.5, granularity=Filter(), schedule=one_shot(0.3), compact=True, report=False)
+    learn = tiny_learner(cb, model=TinyRes())
+    assert len(cb.sparsifier.units) == 2 and len(cb.sparsifier.units[0].producers) == 2   # stem + conv2 share channels
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)   # no "kept channels masked in some but not all layers"
+        learn.fit_one_cycle(2, 1e-2)
+    m = learn.model
+    assert (m.stem[0].out_channels, m.conv1[0].out_channels, m.conv2[0].out_channels) == (8, 8, 8)
+
+def test_global_filter_pruning_while_training_does_not_collapse():
+    "Digits CNN 16/32/64, 50% global Filter() on AGP: every layer keeps >= 10% of its filters (raw scores: [1, 1, 54])"
+    cb = PruneCallback(sparsity=0.5, granularity=Filter(), criterion=Magnitude(), context='global',
+                       schedule=agp(start=0.1, end=0.7), report=False)
+    learn = tiny_learner(cb, model=digits_cnn(widths=(16, 32, 64)), bs=64)
+    learn.fit_one_cycle(6, 1e-2)
+    alive = [int((~Filter().pruned_groups(m.prune_mask, m)).sum()) for m in cb.sparsifier.layers.values()]
+    assert all(a >= 0.1 * m.out_channels for a, m in zip(alive, cb.sparsifier.layers.values())), alive
+    assert sum(alive) == 112 - 56 + cb.sparsifier.shortfall
+    assert learn.validate()[1] > 0.9

@@ -329,3 +329,70 @@ def test_pickle_round_trip():
     assert sum(_pruned(sp2)) == sum(_pruned(sp)) and sp2.sparsity() == sp.sparsity()
     sp2.prune(0.5).apply_masks()
     assert sum(_pruned(sp2)) == round(0.5 * sp2.n_groups)
+
+
+# --- Right by default (issue 11) ---
+
+def _alive_fraction(sp):
+    "{layer: fraction of its filters alive}"
+    return {n: 1 - float(Filter().pruned_groups(m.prune_mask, m).float().mean()) for n, m in sp.layers.items()}
+
+def test_prune_writes_the_zeros():
+    "One-shot pruning leaves a pruned model: the weights are zero right after prune(), without apply_masks()"
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(weights=None)
+    sp = Sparsifier(m, Weight(), Magnitude(), context='global').prune(0.9)
+    zeros = sum(int((l.weight == 0).sum()) for l in sp.layers.values())
+    assert zeros == round(0.9 * sp.n_groups)                     # 90.00% of the selected weights, counted in the weights
+    assert abs(sp.sparsity() - 0.9) < 1e-7
+    for n, l in sp.layers.items():
+        assert int((l.weight == 0).sum()) == l.weight.numel() - int(l.prune_mask.sum())   # what the report counts
+    f = torchvision.models.resnet18(weights=None)
+    fsp = Sparsifier(f, Filter(), context='local', example_inputs=torch.randn(1, 3, 64, 64)).prune(0.5)
+    dead = Filter().pruned_groups(f.conv1.prune_mask, f.conv1)
+    assert int(dead.sum()) == 32 and bool((f.bn1.weight[dead] == 0).all()) and bool((f.bn1.bias[dead] == 0).all())
+
+@pytest.mark.parametrize('name', ['resnet18', 'mobilenet_v2', 'densenet121'])
+def test_global_filter_defaults_do_not_collapse(name):
+    "50% global Filter() with defaults and example inputs: every layer keeps >= 10% of its filters (raw scores gave 3 of 256)"
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    sp = Sparsifier(m, Filter(), context='global', example_inputs=torch.randn(1, 3, 64, 64)).prune(0.5)
+    assert min(_alive_fraction(sp).values()) >= 0.1
+    assert sum(_pruned(sp)) + sp.shortfall == round(0.5 * sp.n_groups)
+
+def test_raw_scores_still_collapse_when_asked():
+    "The old behaviour stays available explicitly: raw L1 norms and a 1% floor thin resnet18 layers to a few filters"
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(weights=None).eval()
+    sp = Sparsifier(m, Filter(), Magnitude(normalize=None), context='global', min_keep=0.01,
+                    example_inputs=torch.randn(1, 3, 64, 64)).prune(0.5)
+    assert min(_alive_fraction(sp).values()) < 0.05
+
+def conv_stack(widths):
+    layers, c = [], 1
+    for w in widths: layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]; c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+
+@settings(max_examples=40)
+@given(widths=st.lists(st.integers(4, 128), min_size=2, max_size=6), s=st.floats(0, 0.5),
+       gran=st.sampled_from([Filter(), Channel()]), crit=st.sampled_from(['magnitude', 'random', 'fpgm']),
+       seed=st.integers(0, 2**16))
+def test_global_structured_defaults_keep_every_layer(widths, s, gran, crit, seed):
+    "Random conv stacks, defaults: global structured pruning <= 50% leaves every layer >= 10% of its groups, exact to one group"
+    if crit == 'fpgm' and gran == Channel(): crit = 'magnitude'
+    torch.manual_seed(seed)
+    m = conv_stack(widths)
+    sp = Sparsifier(m, gran, crit, context='global').prune(s)
+    for u in sp.units: assert u.n - int(u.pruned().sum()) >= max(1, math.ceil(0.1 * u.n))
+    target = round(s * sp.n_groups)
+    assert abs(sum(_pruned(sp)) - target) <= 1 or sum(_pruned(sp)) + sp.shortfall == target
+
+def test_structured_without_inputs_warns_on_shared_channels():
+    "No example_inputs on a residual network: one warning saying how to couple; a plain conv stack gets none"
+    with pytest.warns(UserWarning, match='example_inputs'): Sparsifier(torchvision.models.resnet18(weights=None), Filter())
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        Sparsifier(digits_cnn(), Filter())
+        Sparsifier(torchvision.models.resnet18(weights=None), Weight())
