@@ -51,6 +51,8 @@ _AXES = 'goik'
 class Granularity:
     "Which weights of a layer form one group. Subclass and set `group_dims` (or override `groups`/`ungroup`)."
     name = 'granularity'   # short label used in reports
+    unit = 'groups'        # what its groups are called in reports, plural ('filters')
+    target_unit = property(lambda self: self.unit)  # what a target fraction counts: the groups (N:M: weights)
     structured = False     # True when pruning a group removes a whole channel (physically removable)
     group_sparsity = 1.0   # fraction of a group's weights removed when the group is pruned
     group_dims = 'goik'    # canonical axes (from 'goik') that index the groups
@@ -122,7 +124,7 @@ def _check_keep(keep, n, gran):
 # %% ../nbs/00_granularity.ipynb #42ab7fc2
 class Weight(Granularity):
     "Every weight is its own group (unstructured pruning)"
-    name, group_dims = 'weight', 'goik'
+    name, unit, group_dims = 'weight', 'weights', 'goik'
     def n_groups(self, module): return module.weight.numel()
     def groups(self, t, module): _check_shape(t, module); return t.reshape(-1, 1)
     def reduce(self, t, module): _check_shape(t, module); return t.flatten().clone()
@@ -130,20 +132,20 @@ class Weight(Granularity):
 
 class Kernel(Granularity):
     "One group per (output, input) channel pair: a conv's spatial kernel; a single weight for Linear"
-    name, group_dims = 'kernel', 'goi'
+    name, unit, group_dims = 'kernel', 'kernels', 'goi'
 
 class Filter(Granularity):
     "One group per output channel: a conv filter or a Linear neuron (its bias entry goes with it)"
-    name, group_dims, structured = 'filter', 'go', True
+    name, unit, group_dims, structured = 'filter', 'filters', 'go', True
 
 class Channel(Granularity):
     "One group per input channel (conv) or input feature (Linear)"
-    name, group_dims, structured = 'channel', 'gi', True
+    name, unit, group_dims, structured = 'channel', 'channels', 'gi', True
 
 # %% ../nbs/00_granularity.ipynb #bd90f074
 class NM(Granularity):
     "Blocks of `m` consecutive weights along the input dimension; a pruned block keeps its `n` best weights"
-    name, structured = 'nm', False
+    name, unit, target_unit, structured = 'nm', 'blocks', 'weights', False
     def __init__(self, n:int=2, # weights kept in a pruned block
                  m:int=4, # block size
                 ):

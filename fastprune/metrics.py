@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['effective_weight', 'effective_params', 'Counts', 'prunable_layers', 'layer_params', 'count_params', 'module_flops',
-           'layer_flops', 'count_flops', 'compression_ratio', 'theoretical_speedup', 'MetricsReport', 'sparsity_report',
-           'LatencyResult', 'measure_latency', 'plot_layer_sparsity', 'layer_sizes', 'plot_params_flops',
-           'plot_weight_hist', 'plot_tradeoff', 'Sensitivity', 'sensitivity_analysis']
+           'layer_flops', 'count_flops', 'compression_ratio', 'theoretical_speedup', 'md_table', 'Report',
+           'sparsity_report', 'LatencyResult', 'measure_latency', 'plot_layer_sparsity', 'layer_sizes',
+           'plot_params_flops', 'plot_weight_hist', 'plot_tradeoff', 'Sensitivity', 'sensitivity_analysis']
 
 # %% ../nbs/11_metrics.ipynb #acf664b0
 import time, copy, math, statistics, warnings
@@ -15,7 +15,7 @@ import torch
 from torch import nn, Tensor
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
-import pandas as pd
+import numpy as np, pandas as pd
 from .granularity import PRUNABLE_TYPES
 from .sparsifier import Sparsifier
 
@@ -161,72 +161,161 @@ def theoretical_speedup(model:nn.Module, # the pruned (masked or compacted) mode
     return total/nz if nz else math.inf
 
 # %% ../nbs/11_metrics.ipynb #a8018638
-def _fmt(n):
+def _num(n):
+    "A count as text: 1234567 -> '1.23M'; a non-integer float to 3 significant digits"
     if isinstance(n, float) and not n.is_integer(): return f'{n:.3g}'
     n = int(n)
     for d, s in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
         if abs(n) >= d: return f'{n/d:.2f}{s}'
     return str(n)
 
-class MetricsReport:
-    "Per-layer weights, sparsity and FLOPs of a model, with totals and Blalock et al.'s two ratios"
-    def __init__(self, df:pd.DataFrame, summary:dict): self.df, self.summary = df, summary
+def md_table(df:pd.DataFrame, # the table (cells are shown with `str`)
+             bold_last:int=0, # how many last rows (totals) to set in bold
+             left=None, # columns aligned left (default: the first); the others are aligned right
+            ) -> str:
+    "A DataFrame as a markdown table"
+    left = set([df.columns[0]] if left is None else left)
+    rows = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '|'.join(':--' if c in left else '--:' for c in df.columns) + '|']
+    cells = [[str(v) for v in r] for r in df.itertuples(index=False)]
+    for i, r in enumerate(cells):
+        if i >= len(cells) - bold_last: r = [f'**{v}**' if v else v for v in r]
+        rows.append('| ' + ' | '.join(r) + ' |')
+    return '\n'.join(rows)
+
+_PCT, _COUNTS = ('sparsity',), ('weights', 'nonzero', 'flops', 'nonzero_flops', 'groups', 'groups_pruned')
+
+def _cell(col, v):
+    "One table cell as text"
+    if v is None or (isinstance(v, float) and math.isnan(v)): return ''
+    if col == 'shape': return 'x'.join(map(str, v))
+    if col in _PCT: return f'{v:.1%}'
+    if col in _COUNTS: return _num(v)
+    if isinstance(v, (bool, np.bool_)): return 'yes' if v else 'no'
+    return str(v)
+
+class Report:
+    "Per-layer rows, total rows and summary lines: prints as text, renders as markdown, `to_pandas()` gives the rows"
+    def __init__(self, rows:pd.DataFrame, # one row per layer
+                 totals:pd.DataFrame=None, # total rows, same columns
+                 lines=(), # summary lines printed under the table, each naming what it counts
+                 summary:dict=None, # the figures behind the lines, also `report[key]`
+                 headers:dict=None, # column -> header shown (e.g. 'groups' -> 'filters')
+                ):
+        self.rows, self.totals, self.lines = rows, totals, list(lines)
+        self.summary, self.headers = dict(summary or {}), dict(headers or {})
+    @property
+    def notes(self): return self.lines
     def to_pandas(self) -> pd.DataFrame:
-        "The per-layer rows; `attrs` holds the totals and ratios"
-        df = self.df.copy(); df.attrs = dict(self.summary); return df
+        "The per-layer rows; `attrs` holds the summary figures"
+        df = self.rows.copy(); df.attrs = dict(self.summary); return df
     def __getitem__(self, k): return self.summary[k]
-    def _display_df(self):
-        d = self.df.copy()
-        d['shape'] = d['shape'].map(lambda s: 'x'.join(map(str, s)))
-        d['sparsity'] = d['sparsity'].map(lambda s: f'{s:.1%}')
-        for c in ('params', 'nonzero', 'flops', 'nonzero_flops'):
-            if c in d: d[c] = d[c].map(_fmt)
-        tot = {'layer': 'total', 'type': '', 'shape': '', 'params': _fmt(self.df.params.sum()),
-               'nonzero': _fmt(self.df.nonzero.sum()),
-               'sparsity': f'{1-self.df.nonzero.sum()/max(self.df.params.sum(),1):.1%}'}
-        if 'flops' in d: tot.update(flops=_fmt(self.df.flops.sum()), nonzero_flops=_fmt(self.df.nonzero_flops.sum()))
-        return pd.concat([d, pd.DataFrame([tot])], ignore_index=True)
-    def _footer(self):
-        s = self.summary
-        lines = [f"all parameters: {_fmt(s['params'])} total, {_fmt(s['nonzero_params'])} non-zero",
-                 f"compression ratio: {s['compression_ratio']:.2f}x (all parameters), {s['weight_compression_ratio']:.2f}x (prunable weights)"]
-        if 'flops' in s:
-            lines += [f"FLOPs: {_fmt(s['flops'])} total, {_fmt(s['nonzero_flops'])} non-zero (MACs = FLOPs/2)",
-                      f"theoretical speedup: {s['theoretical_speedup']:.2f}x"]
-        return lines
-    def __repr__(self): return self._display_df().to_string(index=False) + '\n' + '\n'.join(self._footer())
+    def _display(self) -> pd.DataFrame:
+        d = pd.concat([self.rows] + ([self.totals] if self.totals is not None else []), ignore_index=True)
+        d = pd.DataFrame({self.headers.get(c, c): [_cell(c, v) for v in d[c]] for c in d.columns})
+        return d
+    def __repr__(self):
+        d = self._display()
+        w = {c: max([len(c)] + [len(v) for v in d[c]]) for c in d.columns}
+        left = {'layer', 'type'}
+        fmt = lambda c, v: v.ljust(w[c]) if c in left else v.rjust(w[c])
+        out = ['  '.join(fmt(c, c) for c in d.columns)] + ['  '.join(fmt(c, v) for c, v in zip(d.columns, r)) for r in d.itertuples(index=False)]
+        return '\n'.join(out + self.lines)
     def _repr_markdown_(self):
-        d = self._display_df()
-        rows = ['| ' + ' | '.join(d.columns) + ' |', '|' + '|'.join(['---']*len(d.columns)) + '|']
-        rows += ['| ' + ' | '.join(str(v) for v in r) + ' |' for r in d.itertuples(index=False)]
-        return '\n'.join(rows) + '\n\n' + '  \n'.join(self._footer())
+        nt = 0 if self.totals is None else len(self.totals)
+        return md_table(self._display(), bold_last=nt, left=('layer', 'type')) + ('\n\n' + '  \n'.join(self.lines) if self.lines else '')
+
 
 # %% ../nbs/11_metrics.ipynb #ee6b864b
+def _dense_reference(model, dense, example_inputs):
+    "Totals to compare `model` with: `dense`'s, those `compact` recorded on `model`, or the model's own; and a line saying which"
+    if dense is not None:
+        pw = count_params(dense, 'weights').total
+        fl = count_flops(dense, example_inputs).total if example_inputs is not None else None
+        return count_params(dense).total, pw, fl, "ratios against the dense model given as `dense`"
+    origin = getattr(model, 'fastprune_dense', None)
+    if not isinstance(origin, dict): return None, None, None, None
+    fl, line = None, "ratios against the model before `compact` (totals recorded by compact)"
+    if example_inputs is not None:
+        shapes = [tuple(x.shape) for x in _as_tuple(example_inputs) if isinstance(x, Tensor)]
+        ref = [tuple(s) for s in origin.get('input_shapes', [])]
+        if ref and len(ref) == len(shapes) and all(a[1:] == b[1:] for a, b in zip(ref, shapes)) and ref[0][0]:
+            fl = origin['flops'] * shapes[0][0] / ref[0][0]   # FLOPs grow with the batch
+        else: line += f"; its FLOPs were counted for inputs {ref}, not {shapes}: pass `dense=` to compare FLOPs"
+    return origin['params'], origin['weights'], fl, line
+
+def _pct(a, b): return a / b if b else 0.
+
 def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
                     example_inputs=None, # a tensor or a tuple of tensors; without it, no FLOP columns
-                    dense:nn.Module=None, # the original model, for totals (needed when `model` was compacted)
+                    dense:nn.Module=None, # the original model, for totals (a model returned by `compact` remembers its own)
                     layer_types:tuple=PRUNABLE_TYPES, # module types listed as rows
-                   ) -> MetricsReport:
-    "Per-layer table of weights, non-zeros, sparsity and FLOPs, with totals, compression ratio and theoretical speedup"
-    ref = dense if dense is not None else model
-    lp = layer_params(model, layer_types)
-    mods = dict(model.named_modules())
+                    sparsifier=None, # the `Sparsifier` that pruned `model`: adds its groups, target and settings
+                   ) -> Report:
+    "Per-layer weights, zeros and FLOPs, totals over the pruned and over all layers, compression ratios and theoretical speedup"
+    lp, mods = layer_params(model, layer_types), dict(model.named_modules())
+    sel = set(sparsifier.layers) if sparsifier is not None else {n for n in lp if 'prune_mask' in mods[n]._buffers}
     df = pd.DataFrame({'layer': list(lp), 'type': [type(mods[n]).__name__ for n in lp],
                        'shape': [tuple(effective_weight(mods[n]).shape) for n in lp],
-                       'params': [c.total for c in lp.values()], 'nonzero': [c.nonzero for c in lp.values()],
+                       'weights': [c.total for c in lp.values()], 'nonzero': [c.nonzero for c in lp.values()],
                        'sparsity': [c.sparsity for c in lp.values()]})
-    pa, nza = count_params(ref).total, count_params(model).nonzero
-    pw, nzw = count_params(ref, 'weights', layer_types).total, count_params(model, 'weights', layer_types).nonzero
-    summary = dict(params=pa, nonzero_params=nza, compression_ratio=pa/nza if nza else math.inf,
-                   weight_params=pw, nonzero_weights=nzw, weight_compression_ratio=pw/nzw if nzw else math.inf)
+    if sel: df['pruned'] = [n in sel for n in lp]
+    headers = {}
+    if sparsifier is not None and sparsifier.granularity.unit != 'weights':   # for Weight(), groups are the weights
+        g = sparsifier.granularity
+        df['groups'] = [g.n_groups(mods[n]) if n in sel else None for n in lp]
+        df['groups_pruned'] = [int(g.pruned_groups(mods[n].prune_mask, mods[n]).sum()) if n in sel else None for n in lp]
+        headers = {'groups': g.unit, 'groups_pruned': f'{g.unit} pruned'}
     if example_inputs is not None:
         lf = layer_flops(model, example_inputs)
         df['flops'] = [lf[n].total if n in lf else 0 for n in df.layer]
         df['nonzero_flops'] = [lf[n].nonzero if n in lf else 0 for n in df.layer]
-        total = count_flops(ref, example_inputs).total if dense is not None else sum(c.total for c in lf.values())
-        nzf = sum(c.nonzero for c in lf.values())
-        summary.update(flops=total, nonzero_flops=nzf, theoretical_speedup=total/nzf if nzf else math.inf)
-    return MetricsReport(df, summary)
+    def total(name, rows):
+        t = {'layer': name, 'weights': int(rows.weights.sum()), 'nonzero': int(rows.nonzero.sum()),
+             'sparsity': 1 - _pct(rows.nonzero.sum(), rows.weights.sum())}
+        for c in ('groups', 'groups_pruned', 'flops', 'nonzero_flops'):
+            if c in rows: t[c] = int(rows[c].dropna().sum())
+        return t
+    tots = [total('total, pruned layers', df[df.pruned])] if sel and not df.pruned.all() else []
+    tots.append(total('total, all layers' if tots else 'total', df))
+    totals = pd.DataFrame(tots, columns=df.columns)
+    pa, pw, fl, ref_line = _dense_reference(model, dense, example_inputs)
+    cp, cw = count_params(model), count_params(model, 'weights', layer_types)
+    pa, pw = pa or cp.total, pw or cw.total
+    s = dict(params=pa, nonzero_params=cp.nonzero, compression_ratio=pa/cp.nonzero if cp.nonzero else math.inf,
+             weight_params=pw, nonzero_weights=cw.nonzero, weight_compression_ratio=pw/cw.nonzero if cw.nonzero else math.inf,
+             weight_sparsity=1 - _pct(cw.nonzero, pw))
+    lines = []
+    if sparsifier is not None:
+        sp = sparsifier
+        s.update(target=sp.target, target_unit=sp.target_unit, groups=sp.n_groups, groups_pruned=sp.groups_pruned(),
+                 pruned_fraction=sp.pruned_fraction(), shortfall=sp.shortfall)
+        unit = sp.granularity.unit
+        tgt = '' if sp.target is None else (f"target {sp.target:.2%} of the {sp.target_unit}, " if not isinstance(sp.target, dict)
+                                            else "per-layer targets, ")
+        lines.append(f"pruned: {tgt}{s['groups_pruned']:,} of {sp.n_groups:,} {unit} ({_pct(s['groups_pruned'], sp.n_groups):.2%} of {unit})"
+                     + (f", {sp.shortfall:,} short of the target ({sp._short_reason()})" if sp.shortfall else ''))
+    if sel:
+        pr = df[df.pruned]
+        s.update(pruned_weights=int(pr.weights.sum()), pruned_sparsity=1 - _pct(pr.nonzero.sum(), pr.weights.sum()))
+        lines.append(f"sparsity of the pruned layers: {s['pruned_sparsity']:.2%} of their {s['pruned_weights']:,} weights are zero")
+    lines.append(f"sparsity of all conv/linear weights: {s['weight_sparsity']:.2%} of {pw:,}"
+                 + (" (the layers left dense included)" if sel and not df.pruned.all() else ''))
+    lines.append(f"parameters (biases and norms included): {_num(pa)} total, {_num(cp.nonzero)} non-zero")
+    lines.append(f"compression ratio: {s['compression_ratio']:.2f}x (all parameters), {s['weight_compression_ratio']:.2f}x (conv/linear weights)")
+    if example_inputs is not None:
+        nzf = int(df.nonzero_flops.sum()) if len(df) else 0
+        flops = fl if fl is not None else sum(c.total for c in lf.values())
+        s.update(flops=int(flops), nonzero_flops=nzf, theoretical_speedup=flops/nzf if nzf else math.inf)
+        lines.append(f"FLOPs of one forward pass: {_num(flops)} total, {_num(nzf)} non-zero (MACs = FLOPs/2); "
+                     f"theoretical speedup {s['theoretical_speedup']:.2f}x")
+    if ref_line: lines.append(ref_line)
+    if sparsifier is not None:
+        sp = sparsifier
+        lines.append(f"{sp.granularity!r}, {sp.criterion!r}, {sp.context} context"
+                     + (f", floor min_keep={sp.min_keep!r}" if sp.context == 'global' else '')
+                     + (f", round_to={sp.round_to}" if sp.round_to else ''))
+    return Report(df, totals, lines, s, headers)
+
 
 # %% ../nbs/11_metrics.ipynb #b05c1ebd
 class LatencyResult:
@@ -307,18 +396,24 @@ def _ax(ax, figsize):
 
 def _short(names, n=28): return [s if len(s) <= n else '…'+s[-n+1:] for s in names]
 
-def plot_layer_sparsity(model, # an `nn.Module` or a `MetricsReport`
+def plot_layer_sparsity(model, # an `nn.Module` or a `Report` (from `sparsity_report` or `Sparsifier.report()`)
                         ax=None, # matplotlib Axes to draw on
                         figsize=(10, 3.5),
                        ):
-    "Bar chart of each prunable layer's weight sparsity, with the overall sparsity as a line"
-    rep = model if isinstance(model, MetricsReport) else sparsity_report(model)
-    df, ax = rep.df, _ax(ax, figsize)
-    ax.bar(range(len(df)), df.sparsity*100, color='tab:blue')
-    overall = 100*(1 - df.nonzero.sum()/max(df.params.sum(), 1))
-    ax.axhline(overall, color='tab:red', ls='--', label=f'overall {overall:.1f}%')
-    ax.set_xticks(range(len(df)), _short(list(df.layer)), rotation=90, fontsize=8)
-    ax.set_ylabel('sparsity (%)'); ax.set_ylim(0, 100); ax.legend(loc='upper left')
+    "Bar chart of each conv/linear layer's weight sparsity, layers left dense marked, the sparsity of the pruned layers as a line"
+    rep = model if isinstance(model, Report) else sparsity_report(model)
+    df, ax = rep.rows, _ax(ax, figsize)
+    dense = ~df.pruned if 'pruned' in df else pd.Series(False, index=df.index)
+    x = np.arange(len(df))
+    ax.bar(x[~dense], df.sparsity[~dense]*100, color='tab:blue', label='pruned layers')
+    if dense.any():
+        ax.bar(x[dense], np.full(int(dense.sum()), 100.), color='none', edgecolor='grey', hatch='//', label='left dense')
+        for i in x[dense]: ax.text(i, 50, 'not pruned', rotation=90, ha='center', va='center', fontsize=7, color='grey')
+    sel = df[~dense]
+    overall = 100*(1 - sel.nonzero.sum()/max(sel.weights.sum(), 1))
+    ax.axhline(overall, color='tab:red', ls='--', label=f'pruned layers overall: {overall:.1f}%')
+    ax.set_xticks(x, _short([f"{n} ({t})" for n, t in zip(df.layer, df.type)], 36), rotation=90, fontsize=8)
+    ax.set_xlabel('layer (type)'); ax.set_ylabel('zero weights (%)'); ax.set_ylim(0, 100); ax.legend(loc='upper left', fontsize=8)
     ax.set_title('Weight sparsity per layer')
     return ax
 
@@ -379,7 +474,7 @@ def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
                   ax=None, # matplotlib Axes to draw on
                   figsize=(6, 4),
                  ):
-    "Metric-vs-sparsity curves of several runs, sparsities given as fractions in [0, 1]"
+    "Metric-vs-sparsity trade-off: one curve per method, each point a model pruned to that sparsity (fractions in [0, 1])"
     if not isinstance(runs, dict) or not runs: raise TypeError(f"runs must be a non-empty dict name -> [(sparsity, metric)], got {type(runs).__name__}")
     ax = _ax(ax, figsize)
     for name, pts in runs.items():

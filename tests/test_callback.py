@@ -78,8 +78,9 @@ def test_final_sparsity_exact(kw):
     else:
         for u in sp.units: assert counts[u.name] == round(s*u.n), (u.name, counts[u.name], u.n)
     assert masked_nonzero(sp) == 0
-    assert learn.recorder.metric_names[-2] == 'sparsity'
-    assert learn.recorder.values[-1][-1] == pytest.approx(sp.sparsity())
+    assert learn.recorder.metric_names[-2] == progress_name(g) == ('sparsity' if g.unit == 'weights' else f'{g.unit}_pruned')
+    assert learn.recorder.values[-1][-1] == pytest.approx(sp.pruned_fraction())   # what the target counts
+    assert sp.pruned_fraction() == pytest.approx(sp.sparsity() if g.unit == 'weights' else sp.groups_pruned() / sp.n_groups)
 
 @pytest.mark.parametrize('sched,start', [(agp(0.5, 0.9), 0.5), (one_shot(0.3), 0.3), (iterative(2, 0.25, 0.75), 0.25)])
 def test_no_pruning_before_start(sched, start):

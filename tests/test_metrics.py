@@ -170,14 +170,14 @@ def test_report_columns_and_totals():
     _zero_first(m[0], 18)
     rep = sparsity_report(m)
     df = rep.to_pandas()
-    assert list(df.columns) == ['layer', 'type', 'shape', 'params', 'nonzero', 'sparsity']
+    assert list(df.columns) == ['layer', 'type', 'shape', 'weights', 'nonzero', 'sparsity']
     assert list(df.layer) == ['0', '3'] and list(df.type) == ['Conv2d', 'Linear']
-    assert df.shape[0] == 2 and df.params.tolist() == [36, 128] and df.nonzero.tolist() == [18, 128]
+    assert df.shape[0] == 2 and df.weights.tolist() == [36, 128] and df.nonzero.tolist() == [18, 128]
     assert 'theoretical_speedup' not in rep.summary
     x = torch.randn(1, 1, 6, 6)
     rep = sparsity_report(m, x)
     df = rep.to_pandas()
-    assert list(df.columns) == ['layer', 'type', 'shape', 'params', 'nonzero', 'sparsity', 'flops', 'nonzero_flops']
+    assert list(df.columns) == ['layer', 'type', 'shape', 'weights', 'nonzero', 'sparsity', 'flops', 'nonzero_flops']
     assert df.flops.tolist() == [2*4*9*16, 2*64*2] and df.nonzero_flops.tolist() == [4*9*16, 2*64*2]
     assert df.attrs['theoretical_speedup'] == pytest.approx(rep['flops']/rep['nonzero_flops'])
     assert rep['compression_ratio'] == compression_ratio(m)

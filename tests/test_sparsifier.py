@@ -171,7 +171,7 @@ def test_floor_holds_global_filter(crit):
     sp.prune(0.99)  # beyond what the floor allows: stops at the floor, reports the shortfall
     assert [u.n - int(u.pruned().sum()) for u in sp.units] == [max(1, math.ceil(0.05 * u.n)) for u in sp.units]
     assert sp.shortfall == round(0.99 * sp.n_groups) - sum(_pruned(sp)) > 0
-    assert 'short of its target' in repr(sp.report())
+    assert 'short of the target (the floor min_keep=0.05)' in repr(sp.report())
 
 
 def test_unnormalised_global_filter_collapses_without_floor():
@@ -244,7 +244,9 @@ def test_layer_selection(zoo):
     m = mlp(); assert list(Sparsifier(m, exclude=m[0]).layers) == ['2']
     assert 'Linear' in repr(Sparsifier(mlp())) and '2 layers' in repr(Sparsifier(mlp()))
     r = Sparsifier(mlp()).prune(0.5).report()
-    assert [row['layer'] for row in r.rows] == ['0', '2'] and r.total['sparsity'] == pytest.approx(0.5, abs=1e-3)
+    assert list(r.rows.layer) == ['0', '2', '4'] and list(r.rows.pruned) == [True, True, False]   # the classifier, left dense
+    assert r['pruned_sparsity'] == pytest.approx(0.5, abs=1e-3) and r['pruned_weights'] == 64*128 + 128*64
+    assert list(r.totals.layer) == ['total, pruned layers', 'total, all layers']
     assert '| layer |' in r._repr_markdown_() and 'sparsity' in repr(r)
 
 
