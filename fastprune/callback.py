@@ -132,7 +132,7 @@ def _refresh(self:PruneCallback):
     "Re-read the masks: groups pruned, whether pruning is still ahead, the (weight, mask) pairs"
     sp = self.sparsifier
     self._pairs = [(m.weight, m.prune_mask) for m in sp.layers.values()]
-    self._done = sum(int(u.pruned().sum()) for u in sp.units)
+    self._done = sp.groups_pruned()
     self._ahead = sp.target_groups(self._target(1.)) > self._done
 
 @patch
@@ -177,8 +177,10 @@ def _no_autocast(t:torch.Tensor):
 @patch
 def _prune(self:PruneCallback, f:float):
     "Extend the masks to `f*sparsity`, zero the weights they drop and their optimizer state"
+    before = self._done
     with torch.no_grad(), _no_autocast(self._pairs[0][0]): self.sparsifier.prune(self._target(f))  # zeros written too
     self._refresh()
+    if self._done == before: return   # nothing moved (the target was reached already, or rounds to the same groups)
     zero_masked_state(self.learn.opt, self._pairs)
     if self.recalibrate_bn: self._recalibrate()
     self.history.append((float(self.learn.pct_train), self.sparsifier.pruned_fraction()))
@@ -226,7 +228,7 @@ def after_step(self:PruneCallback):
 @patch
 def after_train(self:PruneCallback):
     "After the last training batch of the fit, reach the final target exactly"
-    if not self.soft and self.learn.epoch == self.learn.n_epoch-1: self._maybe_prune(1.)
+    if not self.soft and self.learn.epoch == self.learn.n_epoch-1: self._prune(1.)
 
 # %% ../nbs/06_callback.ipynb #20a9e313
 @patch

@@ -152,7 +152,7 @@ class NM(Granularity):
         if not (isinstance(n, int) and isinstance(m, int) and 0 <= n < m):
             raise ValueError(f"NM needs integers 0 <= n < m, got n={n!r}, m={m!r}")
         self.n, self.m = n, m
-        self.name = f"{n}:{m}"
+        self.name, self.unit = f"{n}:{m}", f"{n}:{m} blocks"
 
     @property
     def group_sparsity(self): return (self.m - self.n) / self.m

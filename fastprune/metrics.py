@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['effective_weight', 'effective_params', 'Counts', 'prunable_layers', 'layer_params', 'count_params', 'module_flops',
-           'layer_flops', 'count_flops', 'compression_ratio', 'theoretical_speedup', 'md_table', 'Report',
+           'layer_flops', 'count_flops', 'compression_ratio', 'theoretical_speedup', 'fmt_count', 'md_table', 'Report',
            'sparsity_report', 'LatencyResult', 'measure_latency', 'plot_layer_sparsity', 'layer_sizes',
            'plot_params_flops', 'plot_weight_hist', 'plot_tradeoff', 'Sensitivity', 'sensitivity_analysis']
 
@@ -161,7 +161,7 @@ def theoretical_speedup(model:nn.Module, # the pruned (masked or compacted) mode
     return total/nz if nz else math.inf
 
 # %% ../nbs/11_metrics.ipynb #a8018638
-def _num(n):
+def fmt_count(n):
     "A count as text: 1234567 -> '1.23M'; a non-integer float to 3 significant digits"
     if isinstance(n, float) and not n.is_integer(): return f'{n:.3g}'
     n = int(n)
@@ -189,7 +189,7 @@ def _cell(col, v):
     if v is None or (isinstance(v, float) and math.isnan(v)): return ''
     if col == 'shape': return 'x'.join(map(str, v))
     if col in _PCT: return f'{v:.1%}'
-    if col in _COUNTS: return _num(v)
+    if col in _COUNTS: return fmt_count(v)
     if isinstance(v, (bool, np.bool_)): return 'yes' if v else 'no'
     return str(v)
 
@@ -300,13 +300,13 @@ def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
         lines.append(f"sparsity of the pruned layers: {s['pruned_sparsity']:.2%} of their {s['pruned_weights']:,} weights are zero")
     lines.append(f"sparsity of all conv/linear weights: {s['weight_sparsity']:.2%} of {pw:,}"
                  + (" (the layers left dense included)" if sel and not df.pruned.all() else ''))
-    lines.append(f"parameters (biases and norms included): {_num(pa)} total, {_num(cp.nonzero)} non-zero")
+    lines.append(f"parameters (biases and norms included): {fmt_count(pa)} total, {fmt_count(cp.nonzero)} non-zero")
     lines.append(f"compression ratio: {s['compression_ratio']:.2f}x (all parameters), {s['weight_compression_ratio']:.2f}x (conv/linear weights)")
     if example_inputs is not None:
         nzf = int(df.nonzero_flops.sum()) if len(df) else 0
         flops = fl if fl is not None else sum(c.total for c in lf.values())
         s.update(flops=int(flops), nonzero_flops=nzf, theoretical_speedup=flops/nzf if nzf else math.inf)
-        lines.append(f"FLOPs of one forward pass: {_num(flops)} total, {_num(nzf)} non-zero (MACs = FLOPs/2); "
+        lines.append(f"FLOPs of one forward pass: {fmt_count(flops)} total, {fmt_count(nzf)} non-zero (MACs = FLOPs/2); "
                      f"theoretical speedup {s['theoretical_speedup']:.2f}x")
     if ref_line: lines.append(ref_line)
     if sparsifier is not None:
@@ -471,6 +471,7 @@ def plot_weight_hist(before:nn.Module, # the model before pruning (or any model)
 def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
                   metric:str='accuracy', # the metric's name, for the y label
                   baseline:float=None, # the dense model's metric, drawn as a horizontal line
+                  xlabel:str='sparsity (%)', # what the sparsities count (e.g. 'filters pruned (%)')
                   ax=None, # matplotlib Axes to draw on
                   figsize=(6, 4),
                  ):
@@ -482,7 +483,7 @@ def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
         if any(not 0 <= s <= 1 for s, _ in pts): raise ValueError(f"run {name!r}: sparsities must be fractions in [0, 1], got {[s for s, _ in pts]}")
         ax.plot([100*s for s, _ in pts], [v for _, v in pts], marker='o', label=name)
     if baseline is not None: ax.axhline(baseline, color='grey', ls='--', label='dense')
-    ax.set_xlabel('sparsity (%)'); ax.set_ylabel(metric); ax.legend(); ax.set_title(f'{metric} vs sparsity')
+    ax.set_xlabel(xlabel); ax.set_ylabel(metric); ax.legend(); ax.set_title(f'{metric} vs sparsity')
     return ax
 
 # %% ../nbs/11_metrics.ipynb #cbd0e981
