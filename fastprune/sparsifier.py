@@ -560,7 +560,12 @@ def report(self:Sparsifier, example_inputs=None, # inputs for FLOP columns (defa
 # %% ../nbs/05_sparsifier.ipynb #c929c423
 def _state_dict(src):
     "A state_dict from a state_dict, a path or a file (fastai's `learn.save` files hold it under 'model')"
-    sd = src if isinstance(src, dict) else torch.load(src, map_location='cpu', weights_only=True)
+    if not isinstance(src, dict):
+        import numpy as np
+        from fastcore.foundation import L   # what fastai's optimizer state holds; fastai's own `load_model` allows the same
+        safe = [L, np.dtype, getattr(np, '_core', np.core).multiarray.scalar, *[getattr(np.dtypes, d) for d in np.dtypes.__all__]]
+        with torch.serialization.safe_globals(safe): src = torch.load(src, map_location='cpu', weights_only=True)
+    sd = src
     if isinstance(sd.get('model'), dict) and all(isinstance(v, Tensor) for v in sd['model'].values()): sd = sd['model']
     return dict(sd)
 

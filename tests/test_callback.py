@@ -380,3 +380,46 @@ def test_global_filter_pruning_while_training_does_not_collapse():
     assert all(a >= 0.1 * m.out_channels for a, m in zip(alive, cb.sparsifier.layers.values())), alive
     assert sum(alive) == 112 - 56 + cb.sparsifier.shortfall
     assert learn.validate()[1] > 0.9
+
+# ---------------------------------------------------------------- one vocabulary, no silent surprises (issue 12)
+
+def test_lottery_ticket_attached_to_the_learner():
+    "validate() before any fit does not raise; the ticket rewinds once, and retraining it is kept"
+    cb, ticket = PruneCallback(0.8, schedule=iterative(2, end=0.5), report=False), LotteryTicket()
+    learn = tiny_learner([cb, ticket])
+    learn.validate()                                   # before_fit/after_fit without training: no rewind, no error
+    learn.fit_one_cycle(2, 1e-2)                       # find the ticket: rewound at the end
+    assert ticket.rewound
+    rewound = {n: m.weight.detach().clone() for n, m in cb.sparsifier.layers.items()}
+    learn.fit_one_cycle(3, 1e-2)                       # retrain the ticket: no second rewind
+    shown = learn.recorder.values[-1][learn.recorder.metric_names[1:].index('accuracy')]
+    acc = learn.validate()[1]
+    assert any(not torch.equal(m.weight, rewound[n]) for n, m in cb.sparsifier.layers.items())
+    assert acc == pytest.approx(shown) and acc > 0.5    # what the table showed, not a rewound model at chance level
+    assert masked_nonzero(cb.sparsifier) == 0
+
+def test_summary_is_deprecated_for_report():
+    with pytest.warns(DeprecationWarning, match='report='):
+        cb = PruneCallback(0.5, summary=False)
+    assert cb.report is False
+    learn = tiny_learner(PruneCallback(0.5, report=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        learn.prune.report = True                      # no "shadows Learner.summary" warning any more
+
+def test_learner_checkpoint_loads_into_a_plain_model(tmp_path):
+    "A learn.save of a pruned model (masks and optimizer state inside) loads into a plain model with the masks baked in"
+    from fastprune.sparsifier import load_pruned
+    cb = PruneCallback(0.7, report=False)
+    learn = tiny_learner(cb, path=tmp_path)
+    learn.fit_one_cycle(1, 1e-2)
+    learn.save('pruned')                               # with_opt=True: {'model': ..., 'opt': ...}
+    plain = digits_cnn(widths=(8, 16, 32))
+    with pytest.raises(RuntimeError, match='prune_mask'): plain.load_state_dict(learn.model.state_dict())
+    load_pruned(plain, tmp_path/'models'/'pruned.pth')
+    assert not any('prune_mask' in k for k in plain.state_dict())
+    x = learn.dls.valid.one_batch()[0]
+    with torch.no_grad(): assert torch.equal(plain.eval()(x), learn.model.eval()(x))
+    again = tiny_learner(PruneCallback(0.7, report=False))
+    load_pruned(again.model, tmp_path/'models'/'pruned.pth')   # masks restored into the callback's buffers
+    assert again.prune.sparsifier.sparsity() == pytest.approx(0.7, abs=2e-3)

@@ -398,3 +398,67 @@ def test_structured_without_inputs_warns_on_shared_channels():
         warnings.simplefilter('error')
         Sparsifier(digits_cnn(), Filter())
         Sparsifier(torchvision.models.resnet18(weights=None), Weight())
+
+
+# --- one vocabulary, no silent surprises (issue 12) ---
+
+def test_nm_global_meets_the_pattern_in_every_block():
+    "N:M is a hardware format: in global context too, every block of every pruned layer keeps at most n weights"
+    torch.manual_seed(0)
+    m = digits_cnn()
+    sp = Sparsifier(m, NM(2, 4), context='global', exclude=['0.0']).prune(0.5)
+    for l in sp.layers.values(): assert bool((NM(2, 4).groups(l.prune_mask, l).sum(1) <= 2).all())
+    assert sp.shortfall == 0 and sp.pruned_fraction() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match='min_keep'): Sparsifier(digits_cnn(), NM(2, 4), context='global', min_keep=0.01, exclude=['0.0'])
+
+@pytest.mark.parametrize('context', ['local', 'global'])
+def test_round_to_keeps_multiples(context):
+    "round_to=8: every unit keeps a multiple of 8 channels (or all), never more pruned than asked, the rest in shortfall"
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(weights=None).eval()
+    sp = Sparsifier(m, Filter(), context=context, round_to=8, example_inputs=torch.randn(1, 3, 64, 64)).prune(0.3)
+    for u in sp.units:
+        kept = u.n - int(u.pruned().sum())
+        assert kept % 8 == 0 or kept == u.n, (u.name, kept, u.n)
+    asked = round(0.3 * sp.n_groups) if context == 'global' else sum(round(0.3 * u.n) for u in sp.units)
+    assert sp.groups_pruned() + sp.shortfall == asked and sp.shortfall >= 0
+    if sp.shortfall: assert 'round_to=8' in repr(sp.report())
+    with pytest.raises(ValueError, match='round_to'): Sparsifier(mlp(), Weight(), round_to=8)
+    with pytest.raises(ValueError, match='round_to'): Sparsifier(mlp(), Filter(), round_to=0)
+
+def test_criteria_by_name():
+    "Criteria take the same short names as granularities (and the CLI)"
+    assert isinstance(Sparsifier(mlp(), 'filter', 'taylor').criterion, Taylor)
+    assert repr(as_criterion('fpgm')) == 'GeometricMedian()' and isinstance(as_criterion('Magnitude'), Magnitude)
+    with pytest.raises(ValueError, match="'l3'.*'magnitude'"): as_criterion('l3')
+
+def _counted(m, layers):
+    "Zero weights and weights of `layers` of `m`, counted directly on the weights"
+    ws = [dict(m.named_modules())[n].weight for n in layers]
+    return sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
+
+@settings(max_examples=25)
+@given(gran=st.sampled_from(['weight', 'kernel', 'filter', 'channel', '2:4']), context=st.sampled_from(['local', 'global']),
+       round_to=st.sampled_from([None, 8]), s=st.floats(0, 0.9), seed=st.integers(0, 1000))
+def test_reported_numbers_agree_with_the_weights(gran, context, round_to, s, seed):
+    "Report, progress fraction and plot data agree with counts made directly on the weights"
+    g = as_granularity(gran)
+    if round_to and not g.structured: round_to = None
+    s = min(s, g.group_sparsity)
+    if s >= 1: s = 0.5
+    torch.manual_seed(seed)
+    m = digits_cnn()
+    kw = dict(exclude=['0.0']) if gran == '2:4' else {}
+    sp = Sparsifier(m, g, context=context, round_to=round_to, example_inputs=torch.randn(1, 1, 8, 8), **kw).prune(s)
+    rep = sp.report()
+    zeros, total = _counted(m, sp.layers)
+    assert rep['pruned_sparsity'] == pytest.approx(zeros / total) == pytest.approx(sp.sparsity())
+    allz, allw = _counted(m, [n for n, l in m.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))])
+    assert rep['weight_sparsity'] == pytest.approx(allz / allw)
+    df = rep.to_pandas().set_index('layer')
+    for n, l in sp.layers.items():
+        assert df.loc[n, 'nonzero'] == int((l.weight != 0).sum())
+        if 'groups_pruned' in df: assert df.loc[n, 'groups_pruned'] == int(g.pruned_groups(l.prune_mask, l).sum())
+    assert rep['pruned_fraction'] == pytest.approx(sp.pruned_fraction())
+    if g.target_unit == 'weights': assert sp.pruned_fraction() == pytest.approx(zeros / total)
+    else: assert sp.pruned_fraction() == pytest.approx(sum(int(u.pruned().sum()) for u in sp.units) / sp.n_groups)
