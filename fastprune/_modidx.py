@@ -371,6 +371,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._alive': ( 'sparsifier.html#sparsifier._alive',
                                                                                   'fastprune/sparsifier.py'),
+                                      'fastprune.sparsifier.Sparsifier._feasible': ( 'sparsifier.html#sparsifier._feasible',
+                                                                                     'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._floor': ( 'sparsifier.html#sparsifier._floor',
                                                                                   'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._groups': ( 'sparsifier.html#sparsifier._groups',

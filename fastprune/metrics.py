@@ -293,7 +293,9 @@ def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
         tgt = '' if sp.target is None else (f"target {sp.target:.2%} of the {sp.target_unit}, " if not isinstance(sp.target, dict)
                                             else "per-layer targets, ")
         lines.append(f"pruned: {tgt}{s['groups_pruned']:,} of {sp.n_groups:,} {unit} ({_pct(s['groups_pruned'], sp.n_groups):.2%} of {unit})"
-                     + (f", {sp.shortfall:,} short of the target ({sp._short_reason()})" if sp.shortfall else ''))
+                     + (f", {sp.shortfall:,} short of the target ({sp._short_reason()})" if sp.shortfall > 0 else
+                        f", {-sp.shortfall:,} beyond the target (round_to={sp.round_to}: each unit keeps the nearest multiple)"
+                        if sp.shortfall < 0 else ''))
     if sel:
         pr = df[df.pruned]
         s.update(pruned_weights=int(pr.weights.sum()), pruned_sparsity=1 - _pct(pr.nonzero.sum(), pr.weights.sum()))

@@ -323,6 +323,14 @@ def _groups(self:Sparsifier, s:float, n:int) -> int:
     return int(round(s / gs * n))
 
 @patch
+def _feasible(self:Sparsifier, u, k:int, cap:int) -> int:
+    "Groups unit `u` prunes for a wish of `k`, at most `cap`: its largest feasible count <= k, or with `round_to` the nearest"
+    lo = u.feasible(k)
+    if not self.round_to or lo == k: return lo
+    hi = u.feasible(k, up=True)
+    return hi if hi <= cap and hi - k < k - lo else lo
+
+@patch
 def _key(self:Sparsifier, u):
     masks = tuple(m._buffers['prune_mask'] for m in u.layers.values())
     return masks, tuple(m._version for m in masks)
@@ -399,7 +407,7 @@ def prune(self:Sparsifier, sparsity, # float in [0, 1), or `{layer name | module
                                        "masks never shrink (call reset() to start again)")
         changed, short = False, 0
         for u, k, c in zip(self.units, ks, counts):
-            kf = max(u.feasible(k), c)
+            kf = max(self._feasible(u, k, u.n), c)
             if kf > c: self._set_pruned(u, u.select(self._scores(u, c), kf), kf); changed = True
             short += k - kf
         self._short, self.shortfall = dict(round=short), short
@@ -430,8 +438,8 @@ def _prune_global(self:Sparsifier, K:int, counts:list) -> bool:
     sel, ns = _global_select(get, [u.n for u in self.units], caps, k)
     changed = False
     for i, (u, s, n, c) in enumerate(zip(self.units, sel, ns, counts)):
-        kf = max(u.feasible(n), c)  # a unit with its own structure (round_to, conv groups) may prune fewer
-        if kf < n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf; s = u.select(get(i), kf)
+        kf = max(self._feasible(u, n, caps[i]), c)  # a unit with its own structure (round_to, conv groups) may prune fewer or more
+        if kf != n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf; s = u.select(get(i), kf)
         if kf > c: self._set_pruned(u, s, kf); changed = True
     return changed
 

@@ -30,11 +30,15 @@ class PruneUnit:
     def set_pruned(self, pruned:Tensor):
         "Prune the groups where the bool `(n,)` `pruned` is True (masks are AND-ed: nothing is released)"
         raise NotImplementedError
-    def feasible(self, k:int) -> int:
+    def feasible(self, k:int, # a number of groups to prune
+                 up:bool=False, # the smallest feasible count >= k instead (the largest one if none is)
+                ) -> int:
         "The largest number of groups, at most `k`, this unit can prune (`round_to`: the kept groups are a multiple of it)"
         k, r = max(0, min(int(k), self.n)), self.round_to
         if not r or r <= 1 or k == 0: return k
-        return max(0, self.n - -(-(self.n - k) // r) * r)
+        down = max(0, self.n - -(-(self.n - k) // r) * r)
+        kept = (self.n - k) // r * r
+        return self.n - kept if up and kept >= r else down
     def select(self, scores:Tensor, # `(n,)` scores, -inf for groups already pruned
                k:int, # a feasible number of groups to prune
               ) -> Tensor:
