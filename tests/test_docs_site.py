@@ -73,6 +73,7 @@ document.getElementById('page').addEventListener('load', async () => {
     links: Array.from(d.querySelectorAll('nav a')).map(a => a.getAttribute('href').replace(/^\.\//, '')),
     images: imgs.map(i => ({src: (i.getAttribute('src') || '').slice(0, 22), w: i.naturalWidth, h: i.naturalHeight,
                             shown: i.getBoundingClientRect().width > 0})),
+    math: Array.from(d.querySelectorAll('math')).map(m => { const r = m.getBoundingClientRect(); return [r.width, r.height]; }),
   });
 });
 </script></body></html>"""
@@ -139,3 +140,35 @@ def test_tutorial_page_shows_its_plots(chromium, site, tmp_path):
     colours = shot.getcolors(maxcolors=1 << 20) or range(1 << 20)
     assert len(colours) > 50, f"{page}: the screenshot has only {len(colours)} colours: blank page?"
     assert seen['images'][0]['w'] > 100
+
+
+# Pages are read offline (that is how the docs are read here): nothing may come from a CDN or a font server.
+EXTERNAL = re.compile(r'<script[^>]+src=["\']?(?:https?:)?//|<link[^>]+href=["\']?(?:https?:)?//'
+                      r'|@import\s+(?:url\()?["\']?(?:https?:)?//|@font-face[^}]*url\(["\']?(?:https?:)?//', re.I)
+
+
+def test_no_page_loads_anything_from_the_internet():
+    "No external script, stylesheet or font in any committed page or the shared stylesheet"
+    files = sorted(DOCS.glob('*.html')) + [DOCS/'site.css']
+    assert len(files) > 5, f"docs/ has only {len(files)} files"
+    bad = {f.name: m.group(0) for f in files if (m := EXTERNAL.search(f.read_text()))}
+    assert not bad, f"pages that load from the internet: {bad}"
+
+
+@pytest.mark.slow
+def test_formulas_render_without_a_script(chromium, site, tmp_path):
+    "The criteria page's formulas are MathML laid out by the browser itself: boxes of real size, pixels on screen"
+    raw = (DOCS/'criteria.html').read_text()
+    formulas = re.findall(r'<math\b.*?</math>', raw, re.S)
+    assert len(formulas) >= 5, "the criteria page lost its formulas"
+    assert 'mathjax' not in raw.lower()
+    seen = _probe(chromium, tmp_path, 'criteria.html')
+    assert len(seen['math']) == len(formulas) and all(w > 5 and h > 5 for w, h in seen['math']), seen['math']
+    one = tmp_path/'formula.html'
+    one.write_text(f'<!DOCTYPE html><html><body style="margin:0;background:#fff;font-size:40px">{formulas[0]}</body></html>')
+    png = tmp_path/'formula.png'
+    _run(chromium, tmp_path, f'--screenshot={png}', '--window-size=400,120', one.as_uri())
+    from PIL import Image
+    im = Image.open(png).convert('L')
+    dark = sum(1 for v in im.getdata() if v < 128)
+    assert dark > 50, f"the formula screenshot has {dark} dark pixels: nothing was drawn"

@@ -24,6 +24,23 @@ def _as_terminal(text):
     return '\n'.join(l for l in lines if l.strip('█ ')) + ('\n' if text.endswith('\n') else '')
 
 
+_CODE = re.compile(r'(```.*?```|`[^`\n]*`)', re.S)
+_MATH = re.compile(r'\$\$(.+?)\$\$|(?<![\\$])\$([^$\n]+?)\$', re.S)
+
+
+def _mathml(md):
+    "Markdown with its `$...$` and `$$...$$` formulas turned into MathML, which browsers display without a script"
+    from latex2mathml.converter import convert
+    def math(m):
+        display = m.group(1) is not None
+        return convert((m.group(1) if display else m.group(2)).strip(), display='block' if display else 'inline')
+    return ''.join(part if i % 2 else _MATH.sub(math, part) for i, part in enumerate(_CODE.split(md)))
+
+
+_CDN_SCRIPTS = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*|<!-- MathJax configuration -->\s*'
+                          r'<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
+
+
 def _is_warning(o):
     return o.get('output_type') == 'stream' and o.get('name') == 'stderr' and 'Warning' in o.get('text', '')
 
@@ -33,6 +50,7 @@ def _prep(nb):
     import nbformat, yaml
     cells, front = [], {}
     for c in nb.cells:
+        if c.cell_type == 'markdown': c.source = _mathml(c.source)
         c.metadata.pop('execution', None)  # nbdev-test --save stores float timings, which nbformat's schema rejects
         if c.cell_type == 'raw' and c.source.startswith('---'):
             front = yaml.safe_load(c.source.strip().strip('-')) or {}
@@ -134,6 +152,7 @@ def _fallback(readme_only=False):
         body = re.sub(r'href="/([\w-]+\.html)', r'href="\1', body)  # site-relative links work from any folder
         if 'class="jp-Mermaid' not in body:  # nbconvert's Mermaid loader (~420 lines per page) does nothing without a diagram
             body = re.sub(r'<script type="module">\s*document\.addEventListener\("DOMContentLoaded".*?</script>', '', body, count=1, flags=re.S)
+        body = _CDN_SCRIPTS.sub('', body)  # MathJax and require.js from a CDN: formulas are MathML already, nothing needs them
         body = body.replace('<title>Notebook</title>', f'<title>{html.escape(title)} – fastprune</title>')
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + _nav(pages, page), body, count=1)
         (out/page).write_text(_share_css(body, css))
