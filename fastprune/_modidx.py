@@ -479,6 +479,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastprune.units._group_n': ('units.html#_group_n', 'fastprune/units.py'),
                                  'fastprune.units._in_dim': ('units.html#_in_dim', 'fastprune/units.py'),
                                  'fastprune.units._is_depthwise': ('units.html#_is_depthwise', 'fastprune/units.py'),
+                                 'fastprune.units._kth_value': ('units.html#_kth_value', 'fastprune/units.py'),
                                  'fastprune.units._members': ('units.html#_members', 'fastprune/units.py'),
                                  'fastprune.units._named': ('units.html#_named', 'fastprune/units.py'),
                                  'fastprune.units._out_dim': ('units.html#_out_dim', 'fastprune/units.py'),

@@ -57,7 +57,8 @@ class Criterion:
     def group_scores(self, module:nn.Module, granularity:Granularity) -> Tensor:
         "Raw (unnormalised) `(n_groups,)` score: `post(granularity.reduce(element_scores))`; `-inf` stays `-inf`"
         r = granularity.reduce(self.element_scores(module), module)
-        return torch.where(torch.isneginf(r), r, self.post(r))
+        p = self.post(r)
+        return r if p is r else torch.where(torch.isneginf(r), r, p)   # (an identity `post` costs no pass)
 
     def normalise(self, s:Tensor, granularity:Granularity=None) -> Tensor:
         "Divide one layer's group scores by the `normalize` statistic of their finite absolute values"

@@ -127,7 +127,7 @@ class Weight(Granularity):
     name, unit, group_dims = 'weight', 'weights', 'goik'
     def n_groups(self, module): return module.weight.numel()
     def groups(self, t, module): _check_shape(t, module); return t.reshape(-1, 1)
-    def reduce(self, t, module): _check_shape(t, module); return t.flatten().clone()
+    def reduce(self, t, module): _check_shape(t, module); return t.flatten()   # a view: scores are never written in place
     def ungroup(self, g, module): return g.reshape(module.weight.shape)
 
 class Kernel(Granularity):

@@ -122,6 +122,7 @@ def _global_select(get, sizes, caps, k, sample=1 << 16, max_candidates=1 << 21):
     "`(selections, counts)`: see `global_select`"
     U, N = len(sizes), sum(sizes)
     if not 0 < k <= sum(caps): raise ValueError(f"k must be in (0, {sum(caps)}], got {k}")
+    sample, max_candidates = max(sample, N >> 11), max(max_candidates, N >> 6)  # the bracket holds a fixed share of N
     stride = max(1, N // sample)
     # 1. bracket the k-th score with a strided sample; a sample element stands for `w` scores of its unit
     vals = [get(u)[::stride] for u in range(U)]
@@ -149,7 +150,8 @@ def _global_select(get, sizes, caps, k, sample=1 << 16, max_candidates=1 << 21):
         lt = s < lo
         sel.append(lt); below.append(int(torch.count_nonzero(lt)))
         if n_cand <= max_candidates:
-            idx = ((s <= hi) ^ lt).nonzero().squeeze(1)
+            inside = s <= hi
+            idx = inside.logical_xor_(lt).nonzero().squeeze(1)
             n_cand += len(idx)
             cand.append((s[idx].float(), idx))
     base = sum(min(c, b) for c, b in zip(caps, below))
@@ -234,7 +236,7 @@ def _shares_channels(model, layers) -> bool:
 
 class Sparsifier:
     "Prune `model`'s layers to a target sparsity, `local`ly per layer or under one `global` threshold, as `prune_mask` buffers"
-    max_cached_scores = 1 << 25  # global context keeps the scores between passes up to this many groups (128 MiB), else recomputes them
+    max_cached_scores = 1 << 28  # global context keeps the scores between passes up to this many groups (1 GiB), else recomputes them
 
     def __init__(self, model:nn.Module, # the model to prune (modified in place)
                  granularity:Granularity=None, # what is pruned together (default `Weight()`); also a name like 'filter' or '2:4'

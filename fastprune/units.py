@@ -7,7 +7,7 @@ __all__ = ['PruneUnit', 'LayerUnit', 'lowest_k', 'build_graph', 'learner_example
            'coupled_units']
 
 # %% ../nbs/04_units.ipynb #e135ea6e
-import torch, torch.nn as nn
+import math, torch, torch.nn as nn
 from torch import Tensor
 import torch_pruning as tp
 from .granularity import *
@@ -77,28 +77,45 @@ class LayerUnit(PruneUnit):
             crit = self._criterion if self._criterion is not None else Magnitude()
             with torch.no_grad(): es = crit.element_scores(self.module).float()
             es = torch.where(mask, es, float('-inf'))
-        mask.logical_and_(self.granularity.expand(~pruned, self.module, scores=es))
+        if self.group_size == 1 and self.granularity.group_sparsity == 1: mask.logical_and_((~pruned).view(mask.shape))
+        else: mask.logical_and_(self.granularity.expand(~pruned, self.module, scores=es))
 
 # %% ../nbs/04_units.ipynb #3c4306b3
+_SAMPLED = 1 << 20   # above this many scores, the k-th value is bracketed from a sample instead of found by `kthvalue`
+
+def _kth_value(s:Tensor, k:int) -> float:
+    "The k-th lowest value of `s` (1-based): `kthvalue` on small tensors, a sampled bracket on large ones"
+    n = s.numel()
+    if n <= _SAMPLED: return float(s.kthvalue(k).values)
+    sample = s[::n // (1 << 14)].sort().values   # ~16K values: where the k-th one lies, within a few standard deviations
+    m, q = sample.numel(), k / n
+    margin = 4 * math.sqrt(m * q * (1 - q)) + 8
+    lo_i, hi_i = int(q * m - margin), int(q * m + margin) + 1
+    lo = float(sample[lo_i]) if lo_i > 0 else -math.inf
+    hi = float(sample[hi_i]) if hi_i < m else math.inf
+    below = int(torch.count_nonzero(s < lo)) if lo > -math.inf else 0
+    cand = s[(s >= lo) & (s <= hi)]
+    if below < k <= below + cand.numel(): return float(cand.kthvalue(k - below).values)
+    return float(s.kthvalue(k).values)   # the sample missed (e.g. many equal scores): the exact way
+
 def lowest_k(s:Tensor, # `(n,)` scores
              k:int, # how many to select
-             t:float=None, # the k-th lowest value if already known (skips the `kthvalue`)
+             t:float=None, # the k-th lowest value if already known (skips finding it)
             ) -> Tensor:
     "Bool `(n,)` selecting the `k` lowest scores of `s`, ties at the threshold taken in index order"
     n = s.numel()
     if k <= 0: return torch.zeros(n, dtype=torch.bool, device=s.device)
     if k >= n: return torch.ones(n, dtype=torch.bool, device=s.device)
-    lt = eq = None
-    if t is not None:
-        lt, eq = s < t, s == t
+    for t in ([t] if t is not None else []) + [None]:
+        t = _kth_value(s, k) if t is None else t
+        lt = s < t
         nlt = int(torch.count_nonzero(lt))
-        if not nlt <= k <= nlt + int(torch.count_nonzero(eq)): lt = None
-    if lt is None:
-        t = s.kthvalue(k).values
-        lt, eq = s < t, s == t
-        nlt = int(torch.count_nonzero(lt))
-    if k > nlt: lt |= eq & (eq.cumsum(0) <= k - nlt)
-    return lt
+        if nlt > k: continue                          # a wrong hint
+        if nlt < k:                                   # ties at the threshold: the first ones in index order
+            idx = (s == t).nonzero().squeeze(1)
+            if len(idx) < k - nlt: continue
+            lt[idx[:k - nlt]] = True
+        return lt
 
 # %% ../nbs/04_units.ipynb #0fb75b3e
 _CONV = nn.modules.conv._ConvNd

@@ -464,3 +464,39 @@ def test_reported_numbers_agree_with_the_weights(gran, context, round_to, s, see
     assert rep['pruned_fraction'] == pytest.approx(sp.pruned_fraction())
     if g.target_unit == 'weights': assert sp.pruned_fraction() == pytest.approx(zeros / total)
     else: assert sp.pruned_fraction() == pytest.approx(sum(int(u.pruned().sum()) for u in sp.units) / sp.n_groups)
+
+
+# --- speed where users feel it (issue 16) ---
+
+class CountingMagnitude(Magnitude):
+    "Magnitude that counts how often each layer is scored"
+    def __init__(self): super().__init__(); self.calls = {}
+    def element_scores(self, module):
+        self.calls[self._name(module)] = self.calls.get(self._name(module), 0) + 1
+        return super().element_scores(module)
+
+def test_global_prune_scores_once_and_never_copies_all_scores(monkeypatch):
+    "Defaults: each layer scored once while the scores fit the cache; above it a few passes, and no tensor of all N scores"
+    from torch.overrides import TorchFunctionMode
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(weights=None)
+    crit = CountingMagnitude()
+    Sparsifier(m, criterion=crit, context='global').prune(0.9)
+    assert set(crit.calls.values()) == {1}
+    class Biggest(TorchFunctionMode):
+        "The largest tensor any torch operation returns"
+        biggest = 0
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(o, torch.Tensor): Biggest.biggest = max(Biggest.biggest, o.numel())
+            return out
+    m2 = torchvision.models.resnet18(weights=None)
+    crit2 = CountingMagnitude()
+    sp = Sparsifier(m2, criterion=crit2, context='global')
+    monkeypatch.setattr(Sparsifier, 'max_cached_scores', 1000)     # far below the 11M scores: recompute per pass
+    with torch.no_grad(), Biggest(): sp.prune(0.9)
+    assert sp.groups_pruned() == round(0.9 * sp.n_groups)
+    assert max(crit2.calls.values()) <= 3                           # sample, count and gather, the floor's exact pick
+    largest_layer = max(l.weight.numel() for l in sp.layers.values())
+    assert Biggest.biggest <= largest_layer < sp.n_groups            # per-layer tensors only, never all N scores at once
