@@ -19,6 +19,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._maybe_prune': ( 'callback.html#prunecallback._maybe_prune',
                                                                                        'fastprune/callback.py'),
+                                    'fastprune.callback.PruneCallback._next_change': ( 'callback.html#prunecallback._next_change',
+                                                                                       'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._progress': ( 'callback.html#prunecallback._progress',
                                                                                     'fastprune/callback.py'),
                                     'fastprune.callback.PruneCallback._prune': ( 'callback.html#prunecallback._prune',

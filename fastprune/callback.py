@@ -143,6 +143,15 @@ def _progress(self:PruneCallback):
     return min(s + math.floor((p - s)/e + 1e-6)*e, p)
 
 @patch
+def _next_change(self:PruneCallback, p:float) -> float:
+    "The first training progress after `p` where the schedule's target can move (batches before it need no check)"
+    s, e, end = self.schedule.start, self.update_every, self.schedule.end
+    if not e: return -math.inf                      # any batch may prune
+    if p < s: return s
+    if p >= end: return math.inf                    # the full target is reached (after_train checks it once more)
+    return min(s + (math.floor((p - s)/e + 1e-6) + 1)*e, end)
+
+@patch
 def _fraction(self:PruneCallback):
     "Schedule value to prune to now: on the `update_every` grid, except that reaching the full target is never delayed"
     p = min(float(self.learn.pct_train), 1.)
@@ -205,7 +214,7 @@ def before_fit(self:PruneCallback):
     "Create (or reuse) the sparsifier and add the sparsity column (nothing during `lr_find`, which restores the model)"
     if hasattr(self.learn, 'lr_finder'): self.run = False; return
     self.setup()
-    self._key,self.history,self._trained = None,[],False
+    self._key,self.history,self._trained,self._next = None,[],False,-math.inf
     self.learn.metrics = [m for m in self.learn.metrics if not (isinstance(m, _SparsityMetric) and m.cb is self)]
     self._metric = _SparsityMetric(self)
     self.learn.metrics.append(self._metric)
@@ -213,7 +222,11 @@ def before_fit(self:PruneCallback):
 @patch
 def before_batch(self:PruneCallback):
     "Training batches: prune when the schedule's target moved by at least one group"
-    if not self.soft: self._maybe_prune(self._fraction())
+    if self.soft: return
+    p = float(self.learn.pct_train)
+    if p < self._next: return                       # between two points of the update grid nothing can move
+    self._maybe_prune(self._fraction())
+    self._next = self._next_change(p)
 
 @patch
 def after_backward(self:PruneCallback):
