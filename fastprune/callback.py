@@ -129,9 +129,9 @@ def _target(self:PruneCallback, f:float):
 
 @patch
 def _refresh(self:PruneCallback):
-    "Re-read the masks: groups pruned, whether pruning is still ahead, the (weight, mask) pairs"
+    "Re-read the masks: groups pruned, whether pruning is still ahead"
     sp = self.sparsifier
-    self._pairs = [(m.weight, m.prune_mask) for m in sp.layers.values()]
+    self._weight = next(iter(sp.layers.values())).weight   # where autocast is switched off while masks change
     self._done = sp.groups_pruned()
     self._ahead = sp.target_groups(self._target(1.)) > self._done
 
@@ -187,10 +187,10 @@ def _no_autocast(t:torch.Tensor):
 def _prune(self:PruneCallback, f:float):
     "Extend the masks to `f*sparsity`, zero the weights they drop and their optimizer state"
     before = self._done
-    with torch.no_grad(), _no_autocast(self._pairs[0][0]): self.sparsifier.prune(self._target(f))  # zeros written too
+    with torch.no_grad(), _no_autocast(self._weight): self.sparsifier.prune(self._target(f))  # zeros written too
     self._refresh()
     if self._done == before: return   # nothing moved (the target was reached already, or rounds to the same groups)
-    zero_masked_state(self.learn.opt, self._pairs)
+    zero_masked_state(self.learn.opt, self.sparsifier.masked_weights())
     if self.recalibrate_bn: self._recalibrate()
     self.history.append((float(self.learn.pct_train), self.sparsifier.pruned_fraction()))
 
@@ -247,13 +247,13 @@ def after_train(self:PruneCallback):
 @patch
 def _soft_prune(self:PruneCallback, f:float, final:bool=False):
     "Soft pruning: forget the masks, recompute them from the current weights at `f*sparsity`, zero what they drop"
-    with torch.no_grad(), _no_autocast(self._pairs[0][0]):
+    with torch.no_grad(), _no_autocast(self._weight):
         self.sparsifier.reset()
         if f > 0: self.sparsifier.prune(self._target(f))
         self._refresh()
         if final: self.sparsifier.apply_masks()
         else:  # weights only: a zeroed BatchNorm scale after a pruned filter would cut its gradient and stop regrowth
-            for w,m in self._pairs: w.mul_(m)
+            for w,m in self.sparsifier.masked_weights(): w.mul_(m)
     self.history.append((float(self.learn.pct_train), self.sparsifier.pruned_fraction()))
 
 @patch
@@ -291,7 +291,7 @@ def after_fit(self:PruneCallback):
         self._metric = None
     if not self._trained: return   # validation or prediction only
     if self.soft: self._soft_prune(1., final=True)
-    zero_masked_state(self.learn.opt, self._pairs)
+    zero_masked_state(self.learn.opt, self.sparsifier.masked_weights())
     if self.report and not rank_distrib(): self.show_report()
     if self.compact:
         from fastprune.compact import compact_learner

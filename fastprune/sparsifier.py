@@ -485,19 +485,31 @@ def _make_plan(self:Sparsifier) -> list:
     return plan
 
 @patch
-def apply_masks(self:Sparsifier):
-    "Zero the masked weights (and, for structured granularities, the bias and following BatchNorm of dead channels)"
-    self._alive()
+def _fresh_plan(self:Sparsifier) -> list:
+    "The plan, rebuilt if a mask or a weight changed identity or a mask was written since it was made"
     plan = self._plan
     if plan is None or any(m._buffers.get('prune_mask') is not mk or mk._version != v for m, mk, v in self._plan_masks) \
        or any(m._parameters['weight'] is not w for m, _, _, w, _, _ in plan):
         plan = self._plan = self._make_plan()
+    return plan
+
+@patch
+def apply_masks(self:Sparsifier):
+    "Zero the masked weights (and, for structured granularities, the bias and following BatchNorm of dead channels)"
+    self._alive()
+    plan = self._fresh_plan()
     with torch.no_grad():
         for m, mk, v, w, keep, extra in plan:
             w.mul_(keep)
             for p, k in extra: p.mul_(k)
         for u in self._zeroing_units: u.apply_masks()  # units spanning layers (coupled channels) zero the norms only they know
     return self
+
+@patch
+def masked_weights(self:Sparsifier) -> list:
+    "`[(weight, mask in the weight's dtype)]` of the layers with pruned weights (what `apply_masks` multiplies)"
+    self._alive()
+    return [(w, keep) for m, mk, v, w, keep, extra in self._fresh_plan()]
 
 @patch
 def update(self:Sparsifier):
@@ -549,7 +561,8 @@ def groups_pruned(self:Sparsifier) -> int:
 @patch
 def pruned_fraction(self:Sparsifier) -> float:
     "How far pruning went, in the target's unit (`target_unit`): weights for `Weight()`/N:M, groups otherwise"
-    return self.sparsity() if self.target_unit == 'weights' else self.groups_pruned() / max(self.n_groups, 1)
+    if self.target_unit == 'weights' and not isinstance(self.granularity, Weight): return self.sparsity()  # N:M
+    return self.groups_pruned() / max(self.n_groups, 1)   # (for Weight() the groups are the weights: counted without a pass)
 
 @patch
 def _short_reason(self:Sparsifier) -> str:

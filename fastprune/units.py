@@ -81,22 +81,25 @@ class LayerUnit(PruneUnit):
         else: mask.logical_and_(self.granularity.expand(~pruned, self.module, scores=es))
 
 # %% ../nbs/04_units.ipynb #3c4306b3
-_SAMPLED = 1 << 20   # above this many scores, the k-th value is bracketed from a sample instead of found by `kthvalue`
+_SAMPLED = 1 << 16   # above this many scores, the lowest k are bracketed from a sample instead of found by `kthvalue`
 
-def _kth_value(s:Tensor, k:int) -> float:
-    "The k-th lowest value of `s` (1-based): `kthvalue` on small tensors, a sampled bracket on large ones"
+def _lowest_k_sampled(s:Tensor, k:int):
+    "`lowest_k` on a large `s` in two passes: a sample brackets the k-th score, candidates inside it are sorted; None if it missed"
     n = s.numel()
-    if n <= _SAMPLED: return float(s.kthvalue(k).values)
-    sample = s[::n // (1 << 14)].sort().values   # ~16K values: where the k-th one lies, within a few standard deviations
+    sample = s[::max(1, n // (1 << 14))].sort().values   # ~16K values: where the k-th lies, within a few deviations
     m, q = sample.numel(), k / n
     margin = 4 * math.sqrt(m * q * (1 - q)) + 8
     lo_i, hi_i = int(q * m - margin), int(q * m + margin) + 1
-    lo = float(sample[lo_i]) if lo_i > 0 else -math.inf
     hi = float(sample[hi_i]) if hi_i < m else math.inf
-    below = int(torch.count_nonzero(s < lo)) if lo > -math.inf else 0
-    cand = s[(s >= lo) & (s <= hi)]
-    if below < k <= below + cand.numel(): return float(cand.kthvalue(k - below).values)
-    return float(s.kthvalue(k).values)   # the sample missed (e.g. many equal scores): the exact way
+    pruned = int(torch.count_nonzero(torch.isneginf(sample)))     # already pruned groups score -inf: always selected
+    lt = s < float(sample[lo_i]) if lo_i > pruned else torch.isneginf(s)   # selected for sure
+    below = int(torch.count_nonzero(lt))
+    inside = s <= hi
+    idx = inside.logical_xor_(lt).nonzero().squeeze(1)   # the candidates, in index order
+    if not below < k <= below + len(idx): return None
+    order = s[idx].sort(stable=True).indices[:k - below]  # ties keep index order
+    lt[idx[order]] = True
+    return lt
 
 def lowest_k(s:Tensor, # `(n,)` scores
              k:int, # how many to select
@@ -106,8 +109,9 @@ def lowest_k(s:Tensor, # `(n,)` scores
     n = s.numel()
     if k <= 0: return torch.zeros(n, dtype=torch.bool, device=s.device)
     if k >= n: return torch.ones(n, dtype=torch.bool, device=s.device)
+    if t is None and n > _SAMPLED and (sel := _lowest_k_sampled(s, k)) is not None: return sel
     for t in ([t] if t is not None else []) + [None]:
-        t = _kth_value(s, k) if t is None else t
+        t = float(s.kthvalue(k).values) if t is None else t
         lt = s < t
         nlt = int(torch.count_nonzero(lt))
         if nlt > k: continue                          # a wrong hint
