@@ -305,7 +305,8 @@ def _ddp_worker(rank, world, store, q):
         torch.manual_seed(0); m = mlp()
         sp = Sparsifier(m, criterion=Random(seed=rank), context='global')  # each rank would pick different weights
         sp.prune(0.5)
-        q.put((rank, {n: mm.prune_mask.clone() for n, mm in sp.layers.items()}))
+        # numpy copies travel by value: a torch tensor would travel as a shared-memory handle that dies with this process
+        q.put((rank, {n: mm.prune_mask.numpy().copy() for n, mm in sp.layers.items()}))
         dist.barrier()                      # nobody tears the group down while the other rank still uses it
     finally: dist.destroy_process_group()
 
@@ -315,7 +316,7 @@ def test_distributed_masks_identical(tmp_path):
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path/'rendezvous'), q)) for r in range(2)]
     for p in procs: p.start()
-    res = dict(q.get(timeout=240) for _ in procs)
+    res = {r: {n: torch.from_numpy(v) for n, v in masks.items()} for r, masks in (q.get(timeout=240) for _ in procs)}
     for p in procs: p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert all(torch.equal(res[0][n], res[1][n]) for n in res[0])
