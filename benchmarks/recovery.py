@@ -100,13 +100,13 @@ def report(dense, rows, epochs):
     print(f"dense accuracy: {statistics.mean(d):.4f} (std {_std(d):.4f}, seeds {list(dense)})")
     print("accuracy, mean over seeds ± sample std [min, max]")
     w = 30
-    print(f"{'method':<{w}}" + ''.join(f"{f'{g} {s:.0%}':>30}" for g, s in cols))
+    print(f"{'method':<{w}}" + ''.join(f"{f'{g} {s:.0%}':>32}" for g, s in cols))
     for m in names:
         cells = []
         for g, s in cols:
             a = acc(m, g, s)
             cells.append(f"{statistics.mean(a):.4f} ± {_std(a):.4f} [{min(a):.3f}, {max(a):.3f}]")
-        print(f"{m:<{w}}" + ''.join(f"{c:>30}" for c in cells))
+        print(f"{m:<{w}}" + ''.join(f"{c:>32}" for c in cells))
     ft = [r for r in rows if r['method'] == 'fine-tuning']
     print(f"\ntime relative to fine-tuning ({epochs} epochs; medians over all sparsities and seeds)")
     print(f"{'method':<{w}}{'wall':>10}{'ratio':>9}{'cpu':>10}{'ratio':>9}")
