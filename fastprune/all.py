@@ -17,6 +17,7 @@ from .callback import *
 from .compact import *
 from .metrics import *
 from .data import *
+from .recovery import *
 
 # %% ../nbs/14_all.ipynb #2ac213e0
 __all__ = [n for n in dir() if not n.startswith('_')]

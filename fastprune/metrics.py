@@ -489,6 +489,7 @@ def plot_tradeoff(runs:dict, # {run name: [(sparsity, metric), ...]}
     return ax
 
 # %% ../nbs/11_metrics.ipynb #cbd0e981
+import numbers
 from fastcore.basics import patch_to
 from fastprogress.fastprogress import progress_bar
 from .granularity import Weight
@@ -586,9 +587,13 @@ def sensitivity_analysis(model:nn.Module, # the (trained) model; it is not modif
                          metric=None, # with a Learner: index or name in `validate()`'s output (default: first metric, else loss)
                          higher_is_better:bool=None, # default: True, except for a Learner's loss
                          progress:bool=True, # show a fastprogress bar
+                         recalibrate_bn:bool|int=False, # re-estimate BatchNorm statistics after pruning each point (an int: how many batches)
+                         bn_data=None, # batches to recalibrate on (`fastprune.recovery.recalibrate_bn`); default: the Learner's training loader
                          **sparsifier_kwargs, # passed to `Sparsifier` (exclude, layer_types, ...)
                         ) -> Sensitivity:
     "Prune each layer alone to each sparsity on a copy of `model`, evaluate, and collect one curve per layer"
+    if not isinstance(recalibrate_bn, (bool, numbers.Integral)) or (not isinstance(recalibrate_bn, bool) and recalibrate_bn < 1):
+        raise ValueError(f"`recalibrate_bn` must be True/False or a number of batches >= 1, got {recalibrate_bn!r}")
     granularity = granularity if granularity is not None else Weight()
     criterion = criterion if criterion is not None else Magnitude()
     if getattr(criterion, 'needs_grad', False):
@@ -603,6 +608,13 @@ def sensitivity_analysis(model:nn.Module, # the (trained) model; it is not modif
     elif callable(evaluate): f, name, hib = evaluate, getattr(evaluate, '__name__', 'metric'), True
     else: raise TypeError(f"evaluate must be a fastai Learner or a function model -> float, got {type(evaluate).__name__}")
     if higher_is_better is not None: hib = higher_is_better
+    if recalibrate_bn:
+        if bn_data is None and learn is None:
+            raise ValueError("recalibrate_bn=True needs training batches: pass `bn_data` (a DataLoader or a list of batches) "
+                             "or evaluate with a Learner")
+        from fastprune.recovery import recalibrate_bn as _recal
+        bn_kw = {} if recalibrate_bn is True else dict(n_batches=int(recalibrate_bn))
+        bn_data = bn_data if bn_data is not None else learn.dls.train
     if isinstance(layers, (str, nn.Module)): layers = [layers]
     names = {id(m): n for n, m in model.named_modules()}
     if layers is not None:  # map modules to names, so they can be found in the copy
@@ -621,6 +633,7 @@ def sensitivity_analysis(model:nn.Module, # the (trained) model; it is not modif
         for n, s in (progress_bar(trials, leave=False) if progress else trials):
             sp.prune({n: s})
             sp.apply_masks()
+            if recalibrate_bn: _recal(work, bn_data, **bn_kw)
             curves[n].append((s, float(f(work))))
             work.load_state_dict(state)
     finally:
