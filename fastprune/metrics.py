@@ -632,7 +632,6 @@ def sensitivity_analysis(model:nn.Module, # the (trained) model; it is not modif
         curves = {n: [] for n in lnames}
         for n, s in (progress_bar(trials, leave=False) if progress else trials):
             sp.prune({n: s})
-            sp.apply_masks()
             if recalibrate_bn: _recal(work, bn_data, **bn_kw)
             curves[n].append((s, float(f(work))))
             work.load_state_dict(state)
