@@ -222,6 +222,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'fastprune.deploy._feed': ('deploy.html#_feed', 'fastprune/deploy.py'),
                                   'fastprune.deploy._grow': ('deploy.html#_grow', 'fastprune/deploy.py'),
                                   'fastprune.deploy._mb': ('deploy.html#_mb', 'fastprune/deploy.py'),
+                                  'fastprune.deploy._ms': ('deploy.html#_ms', 'fastprune/deploy.py'),
                                   'fastprune.deploy._op_names': ('deploy.html#_op_names', 'fastprune/deploy.py'),
                                   'fastprune.deploy._require': ('deploy.html#_require', 'fastprune/deploy.py'),
                                   'fastprune.deploy._size': ('deploy.html#_size', 'fastprune/deploy.py'),

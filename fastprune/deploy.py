@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['plain_copy', 'OnnxFile', 'ort_session', 'export_onnx', 'fold_bn', 'quantize_onnx', 'DeployReport', 'deploy_report']
 
-# %% ../nbs/10_deploy.ipynb #fad0f064
-import copy, importlib, os, platform, re, tempfile, warnings
+# %% ../nbs/10_deploy.ipynb #3f4bc925
+import copy, importlib, logging, os, platform, re, tempfile, warnings
 from pathlib import Path
 import torch, torch.nn as nn
 from torch import Tensor, fx
@@ -16,7 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .compact import strip, _pop_fastprune_hooks, _restore_hooks, _flat
 from .metrics import measure_latency, theoretical_speedup, count_params
 
-# %% ../nbs/10_deploy.ipynb #186e4b44
+# %% ../nbs/10_deploy.ipynb #2fb5c089
 _EXTRA = "pip install 'fastprune[deploy]'"
 
 def _require(name):
@@ -26,7 +26,7 @@ def _require(name):
         raise ImportError(f"fastprune.deploy needs the optional package {name.split('.')[0]!r}, which is not installed: "
                           f"{_EXTRA} (onnx, onnxruntime and onnxscript)") from e
 
-# %% ../nbs/10_deploy.ipynb #7808fa9e
+# %% ../nbs/10_deploy.ipynb #66538cd2
 def plain_copy(model:nn.Module, # any model, e.g. pruned with fastprune masks or `torch.nn.utils.prune`
               ) -> nn.Module:
     "A deep copy of `model` in eval mode computing with its masks applied, without fastprune's buffers and hooks or PyTorch re-parametrisations"
@@ -53,12 +53,13 @@ def plain_copy(model:nn.Module, # any model, e.g. pruned with fastprune masks or
             for n in list(m.parametrizations): parametrize.remove_parametrizations(m, n, leave_parametrized=True)
     return new.eval()
 
-# %% ../nbs/10_deploy.ipynb #3a0288e0
+# %% ../nbs/10_deploy.ipynb #ef9d4237
 def _size(p):
     p = Path(p); ext = p.with_name(p.name + '.data')
     return p.stat().st_size + (ext.stat().st_size if ext.exists() else 0)
 
 def _mb(n): return f"{n/1e6:.2f} MB" if n >= 1e5 else f"{n/1e3:.1f} kB"
+def _ms(v): return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 class OnnxFile:
     "An ONNX file fastprune wrote and checked (`os.PathLike`: it goes wherever a path does); `info` holds the verification figures"
@@ -74,7 +75,7 @@ class OnnxFile:
         return f"OnnxFile({str(self.path)!r}, {_mb(self.size)}, " + ', '.join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.info.items()) + ')'
 
-# %% ../nbs/10_deploy.ipynb #2783f55a
+# %% ../nbs/10_deploy.ipynb #332094ee
 def ort_session(path, # an ONNX file (str, Path or `OnnxFile`)
                 threads:int=None, # intra-op threads (default: `torch.get_num_threads()`, as PyTorch uses)
                 providers=None, # ONNX Runtime execution providers (default: CPU)
@@ -95,7 +96,7 @@ def _feed(sess, xs):
         raise ValueError(f"the ONNX model takes {len(ins)} inputs ({', '.join(i.name for i in ins)}), got {len(xs)}")
     return {i.name: x.detach().cpu().numpy() for i, x in zip(ins, xs)}
 
-# %% ../nbs/10_deploy.ipynb #42392cc8
+# %% ../nbs/10_deploy.ipynb #542d5c28
 def _tensors(example_inputs, what='example_inputs'):
     xs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
     if not xs or not all(isinstance(x, Tensor) for x in xs):
@@ -116,7 +117,7 @@ def _compare(ref, out, atol, rtol):
     scale = max((float(r.abs().max()) for r in ref if r.numel()), default=0.)
     return diff, atol + rtol*scale
 
-# %% ../nbs/10_deploy.ipynb #33cd579f
+# %% ../nbs/10_deploy.ipynb #df2b9861
 def _op_names(msg):
     pats = [r"operator '([\w:.]+)'", r"unrecognized namespace ([\w:.]+?)\.?\s", r"op='([\w.]+)'"]
     return sorted({m.replace('.', '::', 1) if '::' not in m else m for p in pats for m in re.findall(p, msg)})
@@ -162,6 +163,7 @@ def _export(model, xs, path, names, dynamic, opset, exporter):
                        "a translation (torch.onnx.register_custom_op_symbolic for the TorchScript exporter, "
                        f"custom_translation_table for the dynamo one). [{detail}]") from list(errors.values())[-1]
 
+# %% ../nbs/10_deploy.ipynb #0349c388
 def export_onnx(model:nn.Module, # a compacted or masked model (masks are baked in, fastprune buffers and hooks stripped)
                 example_inputs, # a tensor or a tuple of tensors: the export traces and the verification runs on them
                 path='model.onnx', # where to write the file (folders are created)
@@ -207,7 +209,7 @@ def export_onnx(model:nn.Module, # a compacted or masked model (masks are baked 
         info.update(max_diff=diff, tol=tol, batch_sizes=[len(x[0]) for x in checks])
     return OnnxFile(path, **info)
 
-# %% ../nbs/10_deploy.ipynb #ddc3b04e
+# %% ../nbs/10_deploy.ipynb #e69340b0
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -249,7 +251,7 @@ def fold_bn(model:nn.Module, # the model (not modified); fastprune masks are app
 
 _fold_bn = fold_bn
 
-# %% ../nbs/10_deploy.ipynb #735e0078
+# %% ../nbs/10_deploy.ipynb #5efb8ec2
 class _Reader:
     "ONNX Runtime's CalibrationDataReader protocol over a list of feeds"
     def __init__(self, feeds): self.feeds, self.i = feeds, 0
@@ -289,11 +291,18 @@ def quantize_onnx(path, # a float ONNX file (e.g. from `export_onnx`)
     fsess = ort_session(path)
     batches = _batches(calibration_inputs, len(fsess.get_inputs()), batch_size)
     feeds = [_feed(fsess, b) for b in batches]
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp)/'pre.onnx'
-        quant_pre_process(str(path), str(pre))
-        q.quantize_static(str(pre), str(out_path), _Reader(feeds), quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
-                          activation_type=types[activation_type], weight_type=q.QuantType.QInt8)
+    # per-channel quantization of a 1-D weight (a BatchNorm left unfolded, e.g. after a concatenation) falls back to one
+    # scale, and ONNX Runtime logs a warning per such layer on the root logger: harmless, so those lines are dropped
+    quiet = lambda r: 'is out-of-range for weight' not in r.getMessage()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp)/'pre.onnx'
+            quant_pre_process(str(path), str(pre))
+            q.quantize_static(str(pre), str(out_path), _Reader(feeds), quant_format=q.QuantFormat.QDQ,
+                              per_channel=per_channel, activation_type=types[activation_type], weight_type=q.QuantType.QInt8)
+    finally: root.removeFilter(quiet)
     qsess = ort_session(out_path)
     ev = feeds if eval_inputs is None else [_feed(fsess, b) for b in _batches(eval_inputs, len(fsess.get_inputs()), batch_size)]
     agree = n = 0; diff = 0.
@@ -309,7 +318,7 @@ def quantize_onnx(path, # a float ONNX file (e.g. from `export_onnx`)
                            "representative inputs, or keep sensitive layers in float (see ONNX Runtime's nodes_to_exclude).")
     return OnnxFile(out_path, **info)
 
-# %% ../nbs/10_deploy.ipynb #5000fe0d
+# %% ../nbs/10_deploy.ipynb #fe8bee38
 class DeployReport:
     "What `deploy_report` wrote and measured: the ONNX files, their checks, and latency in PyTorch and ONNX Runtime"
     def __init__(self, onnx:OnnxFile, dense_size:int, int8:OnnxFile, latency, mac_ratio:float, batch_size:int, compacted:bool):
@@ -349,7 +358,7 @@ class DeployReport:
                       + (f" (required >= {q['min_agreement']:.0%})" if q['min_agreement'] is not None else ''))
         runs = len(next(iter(self.latency.times.values())))
         ls.append(f"measured latency (batch of {self.batch_size}, median of {runs} alternated runs): " +
-                  ', '.join(f"{n} {v:.3g} ms" for n, v in lat.median_ms.items()))
+                  ', '.join(f"{n} {_ms(v)} ms" for n, v in lat.median_ms.items()))
         s = self.speedup('pruned (ONNX Runtime)')
         line = (f"measured speed-up (ONNX Runtime): {s:.2f}x over the dense model in ONNX Runtime ({s/self.mac_ratio:.2f} of "
                 f"the MAC ratio {self.mac_ratio:.2f}x), {self.speedup('pruned (ONNX Runtime)', 'dense (PyTorch)'):.2f}x over dense PyTorch")
@@ -366,7 +375,8 @@ class DeployReport:
         cols = ['model', 'file', 'bytes', 'check', 'median_ms', 'vs_dense_pytorch', 'vs_dense_ort']
         head = ['| ' + ' | '.join(['model', 'file', 'size', 'check', 'median ms', 'speed-up vs dense PyTorch',
                                    'speed-up vs dense ONNX Runtime']) + ' |', '|' + '---|'*len(cols)]
-        cell = lambda c, v: ('' if v is None else _mb(v)) if c == 'bytes' else f"{v:.3g}" if isinstance(v, float) else str(v)
+        cell = lambda c, v: (('' if v is None else _mb(v)) if c == 'bytes' else _ms(v) if c == 'median_ms' else
+                             f"{v:.3g}" if isinstance(v, float) else str(v))
         body = ['| ' + ' | '.join(cell(c, r[c]) for c in cols) + ' |' for r in rows]
         return '  \n'.join(self.lines()) + '\n\n' + '\n'.join(head + body)
 
