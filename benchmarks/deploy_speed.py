@@ -23,6 +23,10 @@ Run: python benchmarks/deploy_speed.py [--runs 21] [--threads 2]   (needs `pip i
 """
 import argparse, json, os, statistics, tempfile, warnings
 from collections import defaultdict
+# PyTorch's OpenMP threads spin-wait between operations unless told otherwise, which on a shared machine burns the cores
+# the other runtime needs; ONNX Runtime's sessions here do not spin either (`fastprune.deploy.ort_session`). Read by
+# libgomp when torch loads, so set before the import (an explicit OMP_WAIT_POLICY in the environment wins)
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch, torchvision
 from fastprune.sparsifier import Sparsifier
 from fastprune.granularity import Filter
@@ -76,7 +80,7 @@ def main(runs=21, warmup=3, threads=2, bs=8, size=224, profile=None):
     theo = m_dense / m_small
     import onnxruntime as ort
     print(f"resnet18, input {tuple(x.shape)}, {threads} threads, {runs} alternated runs, torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}")
+          f"onnxruntime {ort.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"MACs       dense {m_dense/1e9:7.2f} G  compact {m_small/1e9:7.2f} G  MAC ratio (theoretical speed-up) {theo:.2f}x")
     with tempfile.TemporaryDirectory() as tmp:
         fd, fc = export_onnx(dense, x[:1], os.path.join(tmp, 'dense.onnx')), export_onnx(small, x[:1], os.path.join(tmp, 'compact.onnx'))
