@@ -25,8 +25,9 @@ import argparse, json, os, statistics, tempfile, warnings
 from collections import defaultdict
 # PyTorch's OpenMP threads spin-wait between operations unless told otherwise, which on a shared machine burns the cores
 # the other runtime needs; ONNX Runtime's sessions here do not spin either (`fastprune.deploy.ort_session`). Read by
-# libgomp when torch loads, so set before the import (an explicit OMP_WAIT_POLICY in the environment wins)
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# libgomp when torch loads, so set before the import (an explicit OMP_WAIT_POLICY in the environment wins; imported as a
+# module, e.g. by the tests, torch is already loaded and the environment is left alone)
+if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch, torchvision
 from fastprune.sparsifier import Sparsifier
 from fastprune.granularity import Filter
