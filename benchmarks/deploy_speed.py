@@ -17,7 +17,8 @@ rounds) gives the kernel time per operator type, dense vs compacted, and the spe
 the MAC ratio of the convolutions. MACs count convolutions and the classifier only; the other operators (max-pooling,
 the layout reorders of ONNX Runtime's blocked NCHWc kernels, global pooling) are memory-bound and shrink with the channel
 count, 2x here instead of 4x, and a convolution with half the input and output channels does a quarter of the MACs but
-runs its kernel less efficiently.
+runs its kernel less efficiently. (Every channel count here is a multiple of 16, which ONNX Runtime's blocked CPU
+kernels need; counts that are not, see `fastprune.deploy.channel_misfits`, lose much of the speed-up.)
 
 Run: python benchmarks/deploy_speed.py [--runs 21] [--threads 2]   (needs `pip install 'fastprune[deploy]'`)
 """
@@ -33,7 +34,7 @@ from fastprune.sparsifier import Sparsifier
 from fastprune.granularity import Filter
 from fastprune.compact import compact
 from fastprune.metrics import count_flops, module_flops, measure_latency
-from fastprune.deploy import export_onnx, ort_session
+from fastprune.deploy import export_onnx, ort_session, channel_misfits
 
 GOAL = 0.9
 
@@ -83,6 +84,8 @@ def main(runs=21, warmup=3, threads=2, bs=8, size=224, profile=None):
     print(f"resnet18, input {tuple(x.shape)}, {threads} threads, {runs} alternated runs, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"MACs       dense {m_dense/1e9:7.2f} G  compact {m_small/1e9:7.2f} G  MAC ratio (theoretical speed-up) {theo:.2f}x")
+    print(f"convolutions whose channel counts ONNX Runtime's blocked kernels cannot take (`channel_misfits`): "
+          f"dense {len(channel_misfits(dense))}, compact {len(channel_misfits(small))}")
     with tempfile.TemporaryDirectory() as tmp:
         fd, fc = export_onnx(dense, x[:1], os.path.join(tmp, 'dense.onnx')), export_onnx(small, x[:1], os.path.join(tmp, 'compact.onnx'))
         print(f"ONNX files dense {fd.size/1e6:7.2f} MB compact {fc.size/1e6:7.2f} MB  ({fc['exporter']} exporter; ONNX Runtime "

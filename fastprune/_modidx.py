@@ -227,6 +227,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'fastprune.deploy._require': ('deploy.html#_require', 'fastprune/deploy.py'),
                                   'fastprune.deploy._size': ('deploy.html#_size', 'fastprune/deploy.py'),
                                   'fastprune.deploy._tensors': ('deploy.html#_tensors', 'fastprune/deploy.py'),
+                                  'fastprune.deploy.channel_misfits': ('deploy.html#channel_misfits', 'fastprune/deploy.py'),
                                   'fastprune.deploy.deploy_report': ('deploy.html#deploy_report', 'fastprune/deploy.py'),
                                   'fastprune.deploy.export_onnx': ('deploy.html#export_onnx', 'fastprune/deploy.py'),
                                   'fastprune.deploy.fold_bn': ('deploy.html#fold_bn', 'fastprune/deploy.py'),

@@ -9,7 +9,7 @@ from fastprune.granularity import Filter
 from fastprune.sparsifier import Sparsifier
 from fastprune.compact import compact
 from fastprune.metrics import measure_latency
-from fastprune.data import digits_learner
+from fastprune.data import digits_learner, digits_cnn
 import fastai.callback.schedule, fastai.callback.progress   # fit_one_cycle, no_bar
 
 pytest.importorskip('onnxruntime'); pytest.importorskip('onnx')
@@ -28,6 +28,14 @@ def _calibrated(model, x):
 def _ort(path, *xs):
     s = ort_session(path)
     return [torch.from_numpy(o) for o in s.run(None, {i.name: x.numpy() for i, x in zip(s.get_inputs(), xs)})]
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "small models on a shared machine: one PyTorch (and so ONNX Runtime) thread, restored after this file"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 @pytest.fixture(scope='module')
 def trained():
@@ -265,6 +273,26 @@ def test_measure_latency_rotates_sessions(monkeypatch):
     r = measure_latency({'torch': Mod(), 'ort': FakeSession('ort', 0.01)}, torch.zeros(1, 2), n_runs=4, warmup=1)
     assert log[2:] == ['torch', 'ort', 'ort', 'torch', 'torch', 'ort', 'ort', 'torch']
     assert r['ort'].speedup == pytest.approx(4)
+
+# ---------- channel counts ----------
+
+def test_channel_misfits_follow_onnxruntime_rule():
+    assert channel_misfits(digits_cnn(widths=(16, 32, 64))) == {}
+    assert channel_misfits(digits_cnn(widths=(15, 31, 63))) == {'2.0': (31, 63, 1)}   # 15 inputs: fewer than a block, fine
+    assert channel_misfits(digits_cnn(widths=(24, 40, 64)), block=8) == {}
+    dw = nn.Sequential(nn.Conv2d(24, 24, 3, groups=24), nn.Conv2d(32, 32, 3, groups=32), nn.Conv2d(32, 64, 3, groups=2))
+    assert channel_misfits(dw) == {'0': (24, 24, 24)}                                # depthwise: outputs a multiple of 16
+    assert channel_misfits(dw, block=8) == {}
+    for name in ('resnet18', 'squeezenet1_1'):
+        with torch.device('meta'): assert channel_misfits(getattr(torchvision.models, name)()) == {}
+
+def test_deploy_report_names_misfit_channel_counts(trained, tmp_path):
+    odd = digits_cnn(widths=(15, 31, 63)).eval()
+    rep = deploy_report(trained['dense'], odd, trained['xv'][:1], tmp_path, n_runs=1, warmup=0)
+    assert rep.misfits == {'2.0': (31, 63, 1)} and rep.dense_misfits == {}
+    assert "round_to=16" in rep.lines()[-1] and "'2.0' (31 in, 63 out)" in rep.lines()[-1]
+    aligned = deploy_report(trained['dense'], trained['small'], trained['xv'][:1], tmp_path, n_runs=1, warmup=0)
+    assert not any('round_to' in l for l in aligned.lines())
 
 # ---------- deploy_report ----------
 
