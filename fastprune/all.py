@@ -15,6 +15,7 @@ from .units import *
 from .sparsifier import *
 from .callback import *
 from .compact import *
+from .deploy import *
 from .metrics import *
 from .data import *
 from .recovery import *

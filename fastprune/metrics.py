@@ -320,6 +320,8 @@ def sparsity_report(model:nn.Module, # the pruned (masked or compacted) model
 
 
 # %% ../nbs/11_metrics.ipynb #b05c1ebd
+import os
+
 class LatencyResult:
     "Median latencies of several models and their speedup over the first (baseline) one"
     def __init__(self, df:pd.DataFrame, times:dict, cpu_times:dict=None): self.df, self.times, self.cpu_times = df, times, cpu_times
@@ -335,45 +337,70 @@ class LatencyResult:
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-def measure_latency(models:dict|list, # {name: model} or a list of models; the first is the baseline
+def _is_onnx_file(m): return isinstance(m, (str, os.PathLike)) and os.fspath(m).lower().endswith('.onnx')
+def _is_session(m): return callable(getattr(m, 'run', None)) and callable(getattr(m, 'get_inputs', None))  # onnxruntime.InferenceSession
+
+def _label(i, m):
+    if _is_onnx_file(m): return f'{i}: {os.path.basename(os.fspath(m))}'
+    return f'{i}: {type(m).__name__}'
+
+def _runner(m, xs, threads):
+    "A no-argument callable running `m` on `xs`: an nn.Module (or TorchScript), an ONNX file or an ONNX Runtime session"
+    if isinstance(m, nn.Module): return lambda: m(*xs)
+    if _is_onnx_file(m):
+        from fastprune.deploy import ort_session
+        m = ort_session(m, threads=threads)
+    if _is_session(m):
+        from fastprune.deploy import _feed
+        feed = _feed(m, xs)
+        return lambda: m.run(None, feed)
+    raise TypeError(f"measure_latency times nn.Modules, ONNX files (a path ending in .onnx) and onnxruntime "
+                    f"InferenceSessions, got {type(m).__name__}: {m!r:.80}")
+
+def measure_latency(models:dict|list, # {name: model} or a list; a model is an nn.Module, an ONNX file path or an onnxruntime session; the first is the baseline
                     example_inputs, # a tensor or a tuple of tensors
                     n_runs:int=20, # timed forward passes per model
                     warmup:int=3, # untimed forward passes per model first
-                    threads:int=None, # `torch.set_num_threads` during the measurement (default: unchanged)
-                    device='cpu', # where models and inputs run
+                    threads:int=None, # `torch.set_num_threads` during the measurement, and ONNX Runtime's threads for files (default: unchanged / PyTorch's)
+                    device='cpu', # where models and inputs run (ONNX entries run on the CPU)
                     batch_size:int=None, # repeat the first example to this many rows (default: inputs as given)
                    ) -> LatencyResult:
     "Time inference of `models` in rotation in one process: median/min ms, CPU ms and speedup vs the first model"
-    if isinstance(models, nn.Module): models = [models]
-    if not isinstance(models, dict): models = {f'{i}: {type(m).__name__}': m for i, m in enumerate(models)}
+    if isinstance(models, nn.Module) or _is_onnx_file(models) or _is_session(models): models = [models]
+    if not isinstance(models, dict): models = {_label(i, m): m for i, m in enumerate(models)}
     if not models: raise ValueError("models is empty: give at least one model")
     if n_runs < 1: raise ValueError(f"n_runs must be >= 1, got {n_runs}")
     _check_inputs(example_inputs)
     dev = torch.device(device)
+    mods = {n: m for n, m in models.items() if isinstance(m, nn.Module)}
+    if dev.type != 'cpu' and len(mods) < len(models):
+        raise ValueError(f"device={device!r}: ONNX files and sessions are timed on the CPU here; time them with device='cpu', "
+                         "or pass an InferenceSession built with the execution provider you want among CPU-side models")
     xs = tuple(x.to(dev) if isinstance(x, Tensor) else x for x in _as_tuple(example_inputs))
     if batch_size is not None:
         xs = tuple(x[:1].expand(batch_size, *x.shape[1:]).contiguous() if isinstance(x, Tensor) else x for x in xs)
-    state = {n: (_device(m), getattr(m, 'training', None)) for n, m in models.items()}  # frozen TorchScript has no mode
+    state = {n: (_device(m), getattr(m, 'training', None)) for n, m in mods.items()}  # frozen TorchScript has no mode
     old_threads = torch.get_num_threads()
     times, cpu = {n: [] for n in models}, {n: [] for n in models}
     names = list(models)
+    run = {n: _runner(m, xs, threads) for n, m in models.items()}
     try:
         if threads is not None: torch.set_num_threads(threads)
-        for n, m in models.items():
+        for n, m in mods.items():
             m.to(dev)
             if state[n][1] is not None: m.eval()
         with torch.inference_mode():
             for _ in range(warmup):
-                for m in models.values(): m(*xs)
+                for f in run.values(): f()
             _sync(dev)
             for i in range(n_runs):
                 for n in names[i % len(names):] + names[:i % len(names)]:   # rotate who goes first
                     c0, t0 = time.process_time(), time.perf_counter()
-                    models[n](*xs); _sync(dev)
+                    run[n](); _sync(dev)
                     times[n].append(time.perf_counter()-t0); cpu[n].append(time.process_time()-c0)
     finally:
         torch.set_num_threads(old_threads)
-        for n, m in models.items():
+        for n, m in mods.items():
             m.to(state[n][0])
             if state[n][1] is not None: m.train(state[n][1])
     med = {n: statistics.median(t)*1e3 for n, t in times.items()}
