@@ -99,6 +99,15 @@ def fastprune_parser() -> argparse.ArgumentParser:
     a('--threads', type=_number(int, lambda v: v >= 1, 'an integer >= 1'), default=1,
       help="CPU threads of PyTorch (a model this small trains fastest on one)")
     a('--scratch', action='store_true', help="prune while training from the random initialisation instead of fine-tuning the dense model")
+    a('--round-to', type=_number(int, lambda v: v >= 1, 'an integer >= 1'), default=None, metavar='N',
+      help="filter/channel pruning: every coupled unit keeps a multiple of N channels (kernels run fastest on multiples "
+           "of 8 or 16; ONNX Runtime's fast CPU convolutions need multiples of 16)")
+    a('--recalibrate-bn', action='store_true', help="re-estimate BatchNorm statistics on training batches after each mask update")
+    a('--distill', action='store_true', help="distil the dense model into the pruned one while it fine-tunes (DistillCallback)")
+    a('--export', choices=['onnx'], default=None,
+      help="also write model.onnx, verified in ONNX Runtime, and time it there (needs pip install 'fastprune[deploy]')")
+    a('--quantize', choices=['int8'], default=None,
+      help="with --export onnx: also write model.int8.onnx (static int8, calibrated on 512 training images)")
     a('--sweep', type=frac, nargs='+', default=None, metavar='S',
       help="also prune separate copies to each of these targets, for a real accuracy-vs-sparsity trade-off curve")
     a('--out', type=Path, default=None, help="output folder (default: a new folder fastprune_out/run-<date>-<time>)")
@@ -130,12 +139,16 @@ def pruning_setup(o:argparse.Namespace, # parsed options
         raise ValueError(f"--criterion {o.criterion} needs {'gradients' if crit.needs_grad else 'activation statistics'}, but "
                          f"--schedule {o.schedule} with --start {o.start} prunes before the first training batch: use "
                          "--start 0.1 (or a later start)")
+    if o.quantize and not o.export: raise ValueError(f"--quantize {o.quantize} needs --export onnx")
+    if o.round_to and not g.structured: raise ValueError(f"--round-to {o.round_to} rounds channel counts: it needs --granularity filter or channel")
+    if o.scratch and o.distill: raise ValueError("--distill needs a trained dense teacher: it does not go with --scratch")
     skipped = {}
     for n, m in select_layers(digits_cnn()).items():
         try: g.check(m, n)
         except ValueError as e: skipped[n] = str(e)
     kw = dict(exclude=list(skipped) or None)
     try:
+        if o.round_to: kw['round_to'] = o.round_to
         PruneCallback(sparsity, g, crit, o.context, sched, report=False, **kw)
         x = {'example_inputs': torch.zeros(1, 1, 8, 8)} if g.structured else {}  # dependency-coupled units, as in `run`
         Sparsifier(digits_cnn(), g, cls(), o.context, **kw, **x).target_groups(sparsity)
@@ -165,7 +178,9 @@ class PruneRun:
         o = self.options
         lines = [f"digits CNN on scikit-learn's bundled load_digits ({self.n_train:,} train / {self.n_valid:,} valid 8x8 images), seed {o.seed}",
                  f"pruning: {o.schedule} schedule {self.schedule!r} to a target of {self.sparsity:.0%} of the {self.unit}, "
-                 f"{self.granularity!r} granularity, {self.criterion!r} criterion, {o.context} context",
+                 f"{self.granularity!r} granularity, {self.criterion!r} criterion, {o.context} context"
+                 + (f", round_to={o.round_to}" if o.round_to else '') + (", BatchNorm recalibrated" if o.recalibrate_bn else '')
+                 + (", distilled from the dense model" if o.distill else ''),
                  f"training: dense baseline {_plural(self.dense_epochs, 'epoch')}, then {_plural(o.epochs, 'epoch')} of "
                  f"{'training from scratch' if o.scratch else 'fine-tuning the dense weights'} with PruneCallback "
                  f"(fit_one_cycle, lr {o.lr:g}, bs {o.bs})"]
@@ -181,6 +196,8 @@ class PruneRun:
         if o.schedule in ('one-shot', 'iterative') or o.start > 0.2 or o.end < 0.5:
             tips.append("a gradual schedule that starts early and ends before the last epochs (--schedule agp --start 0 --end 0.8)")
         tips.append(f"a lower target (--sparsity {self.sparsity*0.8:.2g})")
+        if not o.recalibrate_bn: tips.append("BatchNorm recalibration after each mask update (--recalibrate-bn)")
+        if not o.distill and not o.scratch: tips.append("distillation from the dense model (--distill)")
         if o.criterion != 'magnitude': tips.append("the magnitude criterion (--criterion magnitude), a strong default")
         return (f"this run lost {100*(self.dense_acc-self.pruned_acc):.1f} points of accuracy; what usually helps: "
                 + '; '.join(tips))
@@ -211,12 +228,14 @@ class PruneRun:
     def __repr__(self):
         out = ['fastprune report', '================'] + self._summary() + ['', 'per-layer sparsity:', repr(self.report), '']
         out += self._compact_lines()
+        if getattr(self, 'deploy', None) is not None: out += ['', 'deployment (ONNX Runtime):'] + self.deploy.lines()
         for title, df in self._tables(): out += ['', f"{title}:", df.to_string(index=False)]
         return '\n'.join(out)
 
     def _repr_markdown_(self):
         out = ['## fastprune report', ''] + [f"{l}  " for l in self._summary()]
         out += ['', '### Per-layer sparsity', '', self.report._repr_markdown_(), ''] + [f"{l}  " for l in self._compact_lines()]
+        if getattr(self, 'deploy', None) is not None: out += ['', '### Deployment (ONNX Runtime)', '', self.deploy._repr_markdown_()]
         for title, df in self._tables(): out += ['', f"### {title[0].upper()}{title[1:]}", '', _lazy()[0](df)]
         return '\n'.join(out)
 
@@ -267,9 +286,14 @@ def _pruned_copy(o, ps, dense, dls, x1, sparsity):
     set_seed(o.seed, reproducible=True)
     model = digits_cnn() if o.scratch else copy.deepcopy(dense)
     crit = copy.deepcopy(ps['criterion'])   # criteria keep per-layer statistics: one per run
-    cb = PruneCallback(sparsity, ps['granularity'], crit, o.context, ps['schedule'], report=False, exclude=ps['exclude'],
-                       **({'example_inputs': x1} if ps['granularity'].structured else {}))
-    learn = digits_learner(model, dls, cbs=cb)
+    kw = {k: ps[k] for k in ('exclude', 'round_to') if ps.get(k) is not None}
+    cb = PruneCallback(sparsity, ps['granularity'], crit, o.context, ps['schedule'], report=False,
+                       recalibrate_bn=o.recalibrate_bn, **kw, **({'example_inputs': x1} if ps['granularity'].structured else {}))
+    cbs = [cb]
+    if o.distill:
+        from fastprune.recovery import DistillCallback
+        cbs.append(DistillCallback(teacher=copy.deepcopy(dense)))
+    learn = digits_learner(model, dls, cbs=cbs)
     with _progress(learn): learn.fit_one_cycle(o.epochs, o.lr)
     history, steps = _history(learn, _lazy()[2](ps['granularity'])), list(cb.history)  # before `validate` runs before_fit again
     with _progress(learn): acc = float(learn.validate()[1])
@@ -319,6 +343,7 @@ def _run(o, ps):
         res.params_dense, res.params_compact = count_params(dense).total, count_params(comp).total
         res.flops_speedup = count_flops(dense, x1).total / count_flops(comp, x1).total
     res.model = res.compacted if res.compacted is not None else strip(copy.deepcopy(masked))
+    res.x1, res.calib, res.deploy = x1, dls.train_ds.tensors[0][:512], None
     return res
 
 # %% ../nbs/13_cli.ipynb #9cfe91e0
@@ -354,6 +379,11 @@ def write_outputs(res:PruneRun, # the result of `run`
     ax.legend(fontsize=8); save(ax.figure, 'tradeoff.png')
     name = 'compacted_model.pt' if res.compacted is not None else 'pruned_model.pt'
     torch.save(res.model, out/name); files.append(out/name)
+    if res.options.export == 'onnx':
+        from fastprune.deploy import deploy_report
+        res.deploy = deploy_report(res.dense, res.model, res.x1, out, quantize=res.options.quantize,
+                                   calibration_inputs=res.calib, batch_size=256, n_runs=50, warmup=5, threads=res.options.threads)
+        files += [out/'model.onnx'] + ([out/'model.int8.onnx'] if res.options.quantize else [])
     (out/'report.md').write_text(res._repr_markdown_() + '\n'); files.append(out/'report.md')
     return files
 

@@ -405,7 +405,7 @@ def prune(self:Sparsifier, sparsity, # float in [0, 1), or `{layer name | module
             s = _check_sparsity(sparsity)
             ks = [self._groups(s, u.n) for u in self.units]
         for u, k, c in zip(self.units, ks, counts):
-            if k < c: raise ValueError(f"target {sparsity!r} prunes {k} of the {u.n} groups of '{u.name}', which already has {c} pruned: "
+            if self._feasible(u, k, u.n) < c: raise ValueError(f"target {sparsity!r} prunes {k} of the {u.n} groups of '{u.name}', which already has {c} pruned: "
                                        "masks never shrink (call reset() to start again)")
         changed, short = False, 0
         for u, k, c in zip(self.units, ks, counts):
@@ -416,7 +416,7 @@ def prune(self:Sparsifier, sparsity, # float in [0, 1), or `{layer name | module
     else:
         s = _check_sparsity(sparsity)
         K, cur = self._groups(s, self.n_groups), sum(counts)
-        if K < cur: raise ValueError(f"target {s!r} prunes {K} of {self.n_groups} groups, but {cur} are already pruned: "
+        if K < cur + min(0, self.shortfall): raise ValueError(   # (round_to may have pruned a few more than the last target)f"target {s!r} prunes {K} of {self.n_groups} groups, but {cur} are already pruned: "
                                      "masks never shrink (call reset() to start again)")
         changed = K > cur and self._prune_global(K, counts)
     self.target = sparsity

@@ -7,7 +7,8 @@ from fastprune.cli import main, fastprune_parser, default_out_dir, SCHEDULES, GR
 
 PNG = b'\x89PNG\r\n\x1a\n'
 OPTIONS = ['--sparsity', '--schedule', '--start', '--end', '--steps', '--granularity', '--criterion', '--context', '--normalize',
-           '--epochs', '--dense-epochs', '--lr', '--bs', '--seed', '--threads', '--scratch', '--out']
+           '--epochs', '--dense-epochs', '--lr', '--bs', '--seed', '--threads', '--scratch', '--round-to', '--recalibrate-bn',
+           '--distill', '--export', '--quantize', '--sweep', '--out']
 
 
 def _console_script():
@@ -170,6 +171,9 @@ def test_bad_options_exit_2_naming_value_and_allowed(argv, shown, capsys, tmp_pa
     (['--criterion', 'taylor', '--schedule', 'one-shot'], ['taylor', 'one-shot', '--start 0.1']),
     (['--granularity', 'nm', '--sparsity', '0.8'], ['0.8', '0.5']),
     (['--start', '0.5', '--end', '0.2'], ['--start 0.5', '--end 0.2']),
+    (['--quantize', 'int8'], ['--quantize int8', '--export onnx']),
+    (['--round-to', '8'], ['--round-to 8', 'filter']),
+    (['--scratch', '--distill'], ['--distill', '--scratch']),
 ])
 def test_bad_combinations_exit_2_before_training(argv, shown, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(argv + ['--out', str(tmp_path/'never')])
@@ -230,3 +234,18 @@ def test_sweep_and_loss_hint(tmp_path):
     assert 'sweep: a separate copy pruned to each target' in text and re.search(r'50%\s+50\.00%\s+0\.\d{4}', text)
     dense, pruned = (float(v) for v in re.search(r'accuracy: dense ([\d.]+), pruned ([\d.]+)', text).groups())
     assert dense - pruned > 0.1 and 'what usually helps' in text and '--epochs 2' in text
+
+
+@pytest.mark.slow
+def test_filter_run_exports_onnx_and_int8(tmp_path):
+    "--export onnx --quantize int8: both files written, verified, timed in ONNX Runtime, and in report.md"
+    pytest.importorskip('onnxruntime')
+    code, text = _run_main(['--epochs', '1', '--granularity', 'filter', '--sparsity', '0.5', '--round-to', '16',
+                            '--recalibrate-bn', '--distill', '--export', 'onnx', '--quantize', 'int8', '--out', str(tmp_path)])
+    assert code == 0
+    assert (tmp_path/'model.onnx').stat().st_size > 1000 and (tmp_path/'model.int8.onnx').stat().st_size > 1000
+    md = (tmp_path/'report.md').read_text()
+    assert 'measured speed-up (ONNX Runtime)' in md and 'top-1 agreement' in md
+    assert 'round_to=16' in text and 'distilled from the dense model' in text and 'distill' in text
+    m = torch.load(tmp_path/'compacted_model.pt', weights_only=False)
+    assert all(c.out_channels % 16 == 0 for c in m.modules() if isinstance(c, torch.nn.Conv2d))

@@ -501,3 +501,12 @@ def test_global_prune_scores_once_and_never_copies_all_scores(monkeypatch):
     assert max(crit2.calls.values()) <= 3                           # sample, count and gather, the floor's exact pick
     largest_layer = max(l.weight.numel() for l in sp.layers.values())
     assert Biggest.biggest <= largest_layer < sp.n_groups            # per-layer tensors only, never all N scores at once
+
+@pytest.mark.parametrize('context', ['local', 'global'])
+def test_round_to_follows_a_rising_schedule(context):
+    "Rounding to the nearest multiple may prune more than a target asked: the next, higher target is no error"
+    torch.manual_seed(0)
+    sp = Sparsifier(digits_cnn(), Filter(), context=context, round_to=16, example_inputs=torch.randn(1, 1, 8, 8))
+    for s in [i / 40 for i in range(1, 21)]: sp.prune(s)
+    for u in sp.units: assert (u.n - int(u.pruned().sum())) % 16 == 0
+    with pytest.raises(ValueError, match='never shrink'): sp.prune(0.1)
