@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 import torch.nn.utils.prune as tprune
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .compact import strip, _pop_fastprune_hooks, _restore_hooks, _flat
-from .metrics import measure_latency, theoretical_speedup, count_params
+from .metrics import measure_latency, theoretical_speedup, count_params, md_table
 
 # %% ../nbs/10_deploy.ipynb #0932819d
 _EXTRA = "pip install 'fastprune[deploy]'"
@@ -393,14 +393,13 @@ class DeployReport:
 
     def __repr__(self): return '\n'.join(self.lines())
     def _repr_markdown_(self):
-        rows = self.rows()
-        cols = ['model', 'file', 'bytes', 'check', 'median_ms', 'vs_dense_pytorch', 'vs_dense_ort']
-        head = ['| ' + ' | '.join(['model', 'file', 'size', 'check', 'median ms', 'speed-up vs dense PyTorch',
-                                   'speed-up vs dense ONNX Runtime']) + ' |', '|' + '---|'*len(cols)]
+        import pandas as pd
+        cols = {'model': 'model', 'file': 'file', 'bytes': 'size', 'check': 'check', 'median_ms': 'median ms',
+                'vs_dense_pytorch': 'speed-up vs dense PyTorch', 'vs_dense_ort': 'speed-up vs dense ONNX Runtime'}
         cell = lambda c, v: (('' if v is None else _mb(v)) if c == 'bytes' else _ms(v) if c == 'median_ms' else
                              f"{v:.3g}" if isinstance(v, float) else str(v))
-        body = ['| ' + ' | '.join(cell(c, r[c]) for c in cols) + ' |' for r in rows]
-        return '  \n'.join(self.lines()) + '\n\n' + '\n'.join(head + body)
+        df = pd.DataFrame([{h: cell(c, r[c]) for c, h in cols.items()} for r in self.rows()])
+        return '  \n'.join(self.lines()) + '\n\n' + md_table(df, left=('model', 'file', 'check'))
 
 def deploy_report(dense:nn.Module, # the original model, the baseline
                   model:nn.Module, # the pruned model (compacted, or masked)

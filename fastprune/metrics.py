@@ -329,12 +329,9 @@ class LatencyResult:
     def __getitem__(self, name): return self.df.set_index('model').loc[name]
     def __repr__(self): return self.df.to_string(index=False, float_format=lambda v: f'{v:.3f}')
     def _repr_markdown_(self):
-        d = self.df
-        rows = ['| ' + ' | '.join(d.columns) + ' |', '|' + '|'.join(['---']*len(d.columns)) + '|']
-        rows += ['| ' + ' | '.join(f'{v:.3f}' if isinstance(v, float) else str(v) for v in r) + ' |' for r in d.itertuples(index=False)]
-        return '\n'.join(rows)
+        return md_table(self.df.map(lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)))
 
-def _sync(dev):
+def _cuda_sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
 def _is_onnx_file(m): return isinstance(m, (str, os.PathLike)) and os.fspath(m).lower().endswith('.onnx')
@@ -392,11 +389,11 @@ def measure_latency(models:dict|list, # {name: model} or a list; a model is an n
         with torch.inference_mode():
             for _ in range(warmup):
                 for f in run.values(): f()
-            _sync(dev)
+            _cuda_sync(dev)
             for i in range(n_runs):
                 for n in names[i % len(names):] + names[:i % len(names)]:   # rotate who goes first
                     c0, t0 = time.process_time(), time.perf_counter()
-                    run[n](); _sync(dev)
+                    run[n](); _cuda_sync(dev)
                     times[n].append(time.perf_counter()-t0); cpu[n].append(time.process_time()-c0)
     finally:
         torch.set_num_threads(old_threads)
