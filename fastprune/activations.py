@@ -130,7 +130,8 @@ class _StatHook:
         x = (args[0] if args else None) if self.pre else output
         if not isinstance(x, Tensor): return   # (an input passed by keyword, a tuple output: nothing to count)
         o._pending[layer] = o.batch_stats(x.detach(), self.act, _cdim(layer, x))
-    def __repr__(self): return f"_StatHook({self.owner!r}, {'input' if self.pre else 'output'} of {self.name or type(self.layer).__name__!r})"
+    def __repr__(self):
+        return f"_StatHook({self.owner!r}, {'input' if self.pre else 'output'} of {self.name or type(self.layer).__name__!r})"
 
 # %% ../nbs/02_activations.ipynb #b452da88
 class ActivationCriterion(Criterion):
@@ -140,7 +141,8 @@ class ActivationCriterion(Criterion):
     granularities = (Filter,)   # the granularities it scores
     def __init__(self, normalize:str='auto'):
         super().__init__(normalize)
-        self._pending, self._missed, self._scored = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
+        W = weakref.WeakKeyDictionary
+        self._pending, self._missed, self._scored = W(), W(), W()  # per layer: the unfolded batch, batches missed, scored since
         self._hooks, self._collecting = [], False
 
     def check(self, granularity, name=''):

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['REGULARIZERS', 'penalty_layers', 'sparsity_penalty', 'SparsityRegularizer']
 
-# %% ../nbs/07_regularize.ipynb #3192b6a5
+# %% ../nbs/07_regularize.ipynb #f02fcd85
 import math, numbers, torch
 from torch import nn, Tensor
 from fastai.callback.core import Callback
@@ -15,7 +15,7 @@ from .granularity import Filter
 from .sparsifier import select_layers
 from .callback import PruneCallback
 
-# %% ../nbs/07_regularize.ipynb #0e424cbb
+# %% ../nbs/07_regularize.ipynb #6eadf20d
 _BN = nn.modules.batchnorm._BatchNorm
 REGULARIZERS = ('slimming', 'group-lasso')
 
@@ -28,7 +28,7 @@ def penalty_layers(model:nn.Module, # the model to regularise
                    method:str='slimming', # 'slimming' (BatchNorm scales) or 'group-lasso' (filters of conv/linear layers)
                    layers=None, # names or modules (containers: everything under them) to restrict to; default: see above
                   ) -> dict:
-    "`{name: module}` the penalty of `method` acts on: affine BatchNorms (slimming), conv/linear layers but the classifier (group lasso)"
+    "`{name: module}` the penalty acts on: affine BatchNorms (slimming), conv/linear layers but the classifier (group lasso)"
     method = _check_method(method)
     if method == 'group-lasso': return select_layers(model, layers)
     bns = {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.weight is not None}
@@ -40,7 +40,7 @@ def penalty_layers(model:nn.Module, # the model to regularise
                          f"{type(model).__name__} have no BatchNorm with a learnable scale: use method='group-lasso'")
     return bns
 
-# %% ../nbs/07_regularize.ipynb #22c7cc47
+# %% ../nbs/07_regularize.ipynb #40bcac52
 def sparsity_penalty(modules, # `{name: module}` or a list of modules, as given by `penalty_layers`
                      method:str='slimming', # 'slimming': sum of |gamma|; 'group-lasso': sum of the filters' L2 norms
                     ) -> Tensor:
@@ -64,7 +64,7 @@ def _add_subgradient(modules, method, lam):
             if w.grad is None: w.grad = g.to(w.dtype).clone(memory_format=torch.contiguous_format)
             else: w.grad.add_(g.to(w.grad.dtype))
 
-# %% ../nbs/07_regularize.ipynb #193720de
+# %% ../nbs/07_regularize.ipynb #97d7022d
 class _PenaltyMetric(Metric):
     "lam * penalty of the current weights, as a column of the progress table"
     def __init__(self, cb): self.cb = cb
@@ -80,28 +80,29 @@ def _loss_scale(learn):
     return float(s.get_scale()) if s is not None and s.is_enabled() else 1.
 
 class SparsityRegularizer(Callback):
-    "Sparse training: add lam * (sum of BatchNorm |gamma|, or of filter L2 norms) to the loss, so that pruning removes channels already near 0"
+    "Sparse training: lam * (sum of BatchNorm |gamma|, or of filter L2 norms) added to the loss, to drive channels to 0"
     order = PruneCallback.order - 1
     methods = REGULARIZERS
     def __init__(self,
         method:str='slimming', # 'slimming' (L1 on BatchNorm scales, Liu et al. 2017) or 'group-lasso' (L2 norm of each filter)
         lam:float=1e-4, # weight of the penalty
-        layers=None, # names or modules to restrict the penalty to (default: every affine BatchNorm / conv and linear layer but the classifier)
+        layers=None, # names or modules to restrict the penalty to (default: see `penalty_layers`)
         until:float|str=None, # stop at this fraction of training, or 'prune': where PruneCallback's schedule starts; None: never
         apply:str='loss', # 'loss': add lam * penalty to the loss; 'grad': add its subgradient to the gradients after backward
     ):
         self.method = _check_method(method)
         if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not 0 < lam < math.inf:
             raise ValueError(f"lam must be a positive number, got {lam!r}")
-        if not (until is None or until == 'prune' or (isinstance(until, numbers.Real) and not isinstance(until, bool) and 0 < until <= 1)):
+        frac = isinstance(until, numbers.Real) and not isinstance(until, bool) and 0 < until <= 1
+        if not (until is None or until == 'prune' or frac):
             raise ValueError(f"until must be None, 'prune' or a fraction of training in (0, 1], got {until!r}")
         if apply not in ('loss', 'grad'): raise ValueError(f"apply must be 'loss' or 'grad', got {apply!r}")
         self.lam, self.layers, self.until, self.apply = float(lam), layers, until, apply
         self.penalised, self.stop, self._metric = {}, None, None
 
     def __repr__(self):
-        return f"SparsityRegularizer({self.method!r}, lam={self.lam:g}" + (f", until={self.until!r}" if self.until is not None else '') + \
-               (f", apply={self.apply!r}" if self.apply != 'loss' else '') + ')'
+        extra = (f", until={self.until!r}" if self.until is not None else '') + (f", apply={self.apply!r}" if self.apply != 'loss' else '')
+        return f"SparsityRegularizer({self.method!r}, lam={self.lam:g}{extra})"
 
     def _stop(self):
         if self.until != 'prune': return self.until

@@ -347,3 +347,17 @@ def test_scoring_before_statistics(cls):
     with pytest.raises(RuntimeError, match=rf"{cls.__name__} has no activation statistics for layer '0.0'.*collect_statistics"):
         sp.prune(0.5)
     with pytest.raises(RuntimeError, match="call setup"): cls()(nn.Conv2d(1, 2, 3), Filter())
+
+@pytest.mark.slow
+def test_criteria_benchmark_runs(capsys):
+    "benchmarks/criteria.py runs end to end on a tiny budget and prints both tables with their goal"
+    import importlib.util, pathlib
+    path = pathlib.Path(__file__).parent.parent/'benchmarks'/'criteria.py'
+    spec = importlib.util.spec_from_file_location('bench_criteria', path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mod.main(epochs=1, seeds=1, rounds=2, threads=1)
+    out = capsys.readouterr().out
+    for name in mod.CRITERIA: assert any(l.startswith(name) for l in out.splitlines()), name
+    assert 'cost of collecting statistics' in out and out.count('<= 1.10x') == 4
