@@ -10,10 +10,12 @@ from fastai.basics import *
 from fastai.callback.all import *
 from .granularity import *
 from .criteria import *
+from .activations import *
 from .schedules import *
 from .units import *
 from .sparsifier import *
 from .callback import *
+from .regularize import *
 from .compact import *
 from .deploy import *
 from .metrics import *

@@ -296,7 +296,13 @@ class FuncCriterion(Criterion):
     def __repr__(self): return f"as_criterion({getattr(self.f, '__name__', self.f)})"
 
 CRITERIA = {'magnitude': Magnitude, 'gradient': Gradient, 'taylor': Taylor, 'movement': Movement,
-            'bnscale': BNScale, 'fpgm': GeometricMedian, 'random': Random}
+            'bnscale': BNScale, 'fpgm': GeometricMedian, 'random': Random}  # modules defining more criteria add theirs
+_CRITERIA_MODULES = ('fastprune.activations',)  # they register into `CRITERIA` when imported: 'activation', 'apoz', 'wanda', 'redundancy'
+
+def _import_criteria():
+    "Import the modules that register more criteria (they import this one, so not at the top of it)"
+    import importlib
+    for m in _CRITERIA_MODULES: importlib.import_module(m)
 
 def as_criterion(f, # a `Criterion`, a `Criterion` subclass, a name from `CRITERIA` or a callable `f(module) -> weight-shaped tensor`
                  **kwargs, # passed to the class (or to `FuncCriterion`: normalize, needs_grad)
@@ -306,6 +312,7 @@ def as_criterion(f, # a `Criterion`, a `Criterion` subclass, a name from `CRITER
     if isinstance(f, type) and issubclass(f, Criterion): return f(**kwargs)
     if isinstance(f, str):
         key = f.strip().lower()
+        if key not in CRITERIA: _import_criteria()
         if key in CRITERIA: return CRITERIA[key](**kwargs)
         raise ValueError(f"unknown criterion {f!r}: expected one of {list(CRITERIA)}, a Criterion, or a callable "
                          "f(module) -> weight-shaped tensor")
