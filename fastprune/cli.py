@@ -14,6 +14,8 @@ with warnings.catch_warnings():
     from fastprune.schedules import one_shot, iterative, agp, linear, cosine
     from fastprune.granularity import Weight, Kernel, Filter, Channel, NM, as_granularity
     from fastprune.criteria import CRITERIA
+    import fastprune.activations   # registers the activation criteria's names in CRITERIA
+    from fastprune.regularize import REGULARIZERS
 
 # %% ../nbs/13_cli.ipynb #08bae8aa
 SCHEDULES = {'one-shot':  lambda o: one_shot(o.start),
@@ -102,6 +104,11 @@ def fastprune_parser() -> argparse.ArgumentParser:
     a('--round-to', type=_number(int, lambda v: v >= 1, 'an integer >= 1'), default=None, metavar='N',
       help="filter/channel pruning: every coupled unit keeps a multiple of N channels (kernels run fastest on multiples "
            "of 8 or 16; ONNX Runtime's fast CPU convolutions need multiples of 16)")
+    a('--regularize', choices=list(REGULARIZERS), default=None,
+      help="a sparsity penalty while pruning runs up to the schedule's start: slimming (L1 on BatchNorm scales, Liu et al. "
+           "2017; use with --criterion bnscale) or group-lasso (L2 norms of the filters)")
+    a('--lam', type=_number(float, lambda v: 0 < v < math.inf, 'a positive number'), default=1e-4,
+      help="strength of the --regularize penalty")
     a('--recalibrate-bn', action='store_true', help="re-estimate BatchNorm statistics on training batches after each mask update")
     a('--distill', action='store_true', help="distil the dense model into the pruned one while it fine-tunes (DistillCallback)")
     a('--export', choices=['onnx'], default=None,
@@ -180,7 +187,8 @@ class PruneRun:
                  f"pruning: {o.schedule} schedule {self.schedule!r} to a target of {self.sparsity:.0%} of the {self.unit}, "
                  f"{self.granularity!r} granularity, {self.criterion!r} criterion, {o.context} context"
                  + (f", round_to={o.round_to}" if o.round_to else '') + (", BatchNorm recalibrated" if o.recalibrate_bn else '')
-                 + (", distilled from the dense model" if o.distill else ''),
+                 + (", distilled from the dense model" if o.distill else '')
+                 + (f", {o.regularize} penalty (lam {o.lam:g})" if o.regularize else ''),
                  f"training: dense baseline {_plural(self.dense_epochs, 'epoch')}, then {_plural(o.epochs, 'epoch')} of "
                  f"{'training from scratch' if o.scratch else 'fine-tuning the dense weights'} with PruneCallback "
                  f"(fit_one_cycle, lr {o.lr:g}, bs {o.bs})"]
@@ -290,6 +298,9 @@ def _pruned_copy(o, ps, dense, dls, x1, sparsity):
     cb = PruneCallback(sparsity, ps['granularity'], crit, o.context, ps['schedule'], report=False,
                        recalibrate_bn=o.recalibrate_bn, **kw, **({'example_inputs': x1} if ps['granularity'].structured else {}))
     cbs = [cb]
+    if o.regularize:
+        from fastprune.regularize import SparsityRegularizer
+        cbs.append(SparsityRegularizer(o.regularize, lam=o.lam, until='prune' if ps['schedule'].start > 0 else None))
     if o.distill:
         from fastprune.recovery import DistillCallback
         cbs.append(DistillCallback(teacher=copy.deepcopy(dense)))

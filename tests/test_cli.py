@@ -8,7 +8,7 @@ from fastprune.cli import main, fastprune_parser, default_out_dir, SCHEDULES, GR
 PNG = b'\x89PNG\r\n\x1a\n'
 OPTIONS = ['--sparsity', '--schedule', '--start', '--end', '--steps', '--granularity', '--criterion', '--context', '--normalize',
            '--epochs', '--dense-epochs', '--lr', '--bs', '--seed', '--threads', '--scratch', '--round-to', '--recalibrate-bn',
-           '--distill', '--export', '--quantize', '--sweep', '--out']
+           '--distill', '--export', '--quantize', '--regularize', '--lam', '--sweep', '--out']
 
 
 def _console_script():
@@ -249,3 +249,13 @@ def test_filter_run_exports_onnx_and_int8(tmp_path):
     assert 'round_to=16' in text and 'distilled from the dense model' in text and 'distill' in text
     m = torch.load(tmp_path/'compacted_model.pt', weights_only=False)
     assert all(c.out_channels % 16 == 0 for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+
+
+@pytest.mark.slow
+def test_activation_criterion_and_slimming(tmp_path):
+    "The activation criteria are CLI names too, and --regularize slimming adds its penalty column before pruning starts"
+    code, text = _run_main(['--epochs', '2', '--granularity', 'filter', '--sparsity', '0.5', '--criterion', 'apoz',
+                            '--schedule', 'one-shot', '--start', '0.5', '--regularize', 'slimming', '--lam', '1e-3',
+                            '--out', str(tmp_path)])
+    assert code == 0 and 'APoZ(' in text and 'slimming penalty (lam 0.001)' in text and 'penalty' in text
+    assert re.search(r'112 of 224 filters', text)
