@@ -134,23 +134,18 @@ class _StatHook:
         return f"_StatHook({self.owner!r}, {'input' if self.pre else 'output'} of {self.name or type(self.layer).__name__!r})"
 
 # %% ../nbs/02_activations.ipynb #b452da88
-class ActivationCriterion(Criterion):
+class ActivationCriterion(FilterCriterion):
     "Base of the criteria computed from activations: forward hooks registered by `setup`, batch sums folded by `update`"
     needs_data = True
     inputs = False              # True: statistics of the layer's input (a forward pre-hook), else of its observed output
-    granularities = (Filter,)   # the granularities it scores
     def __init__(self, normalize:str='auto'):
         super().__init__(normalize)
         W = weakref.WeakKeyDictionary
         self._pending, self._missed, self._scored = W(), W(), W()  # per layer: the unfolded batch, batches missed, scored since
         self._hooks, self._collecting = [], False
 
-    def check(self, granularity, name=''):
-        if not isinstance(granularity, self.granularities):
-            need = ' or '.join(f"{g.__name__}()" for g in self.granularities)
-            raise ValueError(f"{type(self).__name__} scores a layer's output channels (conv filters, Linear neurons): it needs "
-                             f"{need}, got {granularity!r}" + (f" for layer '{name}'" if name else '') +
-                             "; Wanda() also scores single weights, kernels, input channels and N:M blocks")
+    why = "scores a layer's output channels (conv filters, Linear neurons)"
+    hint = "; Wanda() also scores single weights, kernels, input channels and N:M blocks"
 
     def setup(self, model, layers):
         "Register a hook per layer on its observed output (or its input if `inputs`); hooks of an earlier `setup` are removed"
@@ -221,11 +216,6 @@ class ActivationCriterion(Criterion):
     def channel_scores(self, module) -> Tensor:
         "`(out_channels,)` score of each output channel"
         raise NotImplementedError(f"{type(self).__name__} must implement channel_scores(module)")
-
-    def element_scores(self, module):
-        "The channel score broadcast to each weight of the channel's filter"
-        s = self.group_scores(module, Filter())
-        return Filter().ungroup(s[:, None].expand(-1, Filter().group_size(module)), module)
 
 # %% ../nbs/02_activations.ipynb #81cac7be
 class ActivationMean(ActivationCriterion):
