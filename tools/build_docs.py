@@ -38,7 +38,8 @@ def _mathml(md):
 
 
 _CDN_SCRIPTS = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*|<!-- MathJax configuration -->\s*'
-                          r'<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
+                          r'<script type="text/x-mathjax-config">.*?</script>\s*|<!-- (?:load|end of) mathjax[^>]*-->\s*',
+                          re.S | re.I)
 
 
 def _is_warning(o):
