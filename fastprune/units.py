@@ -97,8 +97,8 @@ def _lowest_k_sampled(s:Tensor, k:int):
     inside = s <= hi
     idx = inside.logical_xor_(lt).nonzero().squeeze(1)   # the candidates, in index order
     if not below < k <= below + len(idx): return None
-    order = s[idx].sort(stable=True).indices[:k - below]  # ties keep index order
-    lt[idx[order]] = True
+    cv, kc = s[idx], k - below
+    lt[idx[lowest_k(cv, kc, t=float(cv.kthvalue(kc).values))]] = True   # idx is in index order: ties keep it
     return lt
 
 def lowest_k(s:Tensor, # `(n,)` scores
