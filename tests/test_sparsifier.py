@@ -510,3 +510,19 @@ def test_round_to_follows_a_rising_schedule(context):
     for s in [i / 40 for i in range(1, 21)]: sp.prune(s)
     for u in sp.units: assert (u.n - int(u.pruned().sum())) % 16 == 0
     with pytest.raises(ValueError, match='never shrink'): sp.prune(0.1)
+
+
+@settings(max_examples=25)
+@given(n=st.integers(70_000, 300_000), frac=st.floats(0.01, 0.99), levels=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_lowest_k_sampled_path_is_exact_with_ties(n, frac, levels, seed):
+    "Above 65,536 scores `lowest_k` brackets from a sample: the k lowest, ties (few distinct values, -inf) in index order"
+    from fastprune.units import lowest_k
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, levels, (n,), generator=g).float()
+    s[torch.rand(n, generator=g) < 0.2] = float('-inf')   # already pruned groups
+    k = max(1, int(frac * n))
+    got = lowest_k(s, k)
+    assert int(got.sum()) == k
+    order = torch.sort(s, stable=True).indices[:k]          # reference: a stable full sort
+    ref = torch.zeros(n, dtype=torch.bool); ref[order] = True
+    assert torch.equal(got, ref)
