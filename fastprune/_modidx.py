@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastprune.criteria._LeafTracer.is_leaf_module': ( 'criteria.html#_leaftracer.is_leaf_module',
                                                                                        'fastprune/criteria.py'),
                                     'fastprune.criteria._auto_normalize': ('criteria.html#_auto_normalize', 'fastprune/criteria.py'),
+                                    'fastprune.criteria._bn_search_layers': ('criteria.html#_bn_search_layers', 'fastprune/criteria.py'),
                                     'fastprune.criteria._following_bn_fx': ('criteria.html#_following_bn_fx', 'fastprune/criteria.py'),
                                     'fastprune.criteria._following_bn_order': ( 'criteria.html#_following_bn_order',
                                                                                 'fastprune/criteria.py'),

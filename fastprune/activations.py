@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .granularity import *
 from .granularity import _layer_kind
 from .criteria import *
-from .criteria import _LeafTracer
+from .criteria import _LeafTracer, _bn_search_layers
 
 # %% ../nbs/02_activations.ipynb #de96952e
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -92,9 +92,7 @@ def observed_outputs(model:nn.Module, # the model containing the layers
                      method:str='auto', # 'fx' (trace the model), 'order' (registration order) or 'auto' (fx, else order)
                     ) -> dict:
     "`{layer name: ObservedOutput}`: what the next layer sees, `act(bn(layer(x)))`, as far as it can be found"
-    if layers is None: layers = {n: m for n, m in model.named_modules() if _layer_kind(m) is not None}
-    layers = {n: m for n, m in layers.items() if _layer_kind(m) is not None}
-    if method not in ('auto', 'fx', 'order'): raise ValueError(f"method must be 'auto', 'fx' or 'order', got {method!r}")
+    layers = _bn_search_layers(model, layers, method)
     bns = following_bn(model, layers, method)
     if method == 'order': acts = _acts_order(model, layers, bns)
     else:

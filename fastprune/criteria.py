@@ -189,14 +189,18 @@ def _following_bn_order(model, layers):
             last = None
     return res
 
+def _bn_search_layers(model, layers, method):
+    "The conv/linear layers among `layers` (default: all of `model`), after checking the search `method`"
+    if method not in ('auto', 'fx', 'order'): raise ValueError(f"method must be 'auto', 'fx' or 'order', got {method!r}")
+    if layers is None: layers = {n: m for n, m in model.named_modules() if _layer_kind(m) is not None}
+    return {n: m for n, m in layers.items() if _layer_kind(m) is not None}
+
 def following_bn(model:nn.Module, # the model containing the layers
                  layers:dict=None, # {name: module} of conv/linear layers (default: every conv/linear of `model`)
                  method:str='auto', # 'fx' (trace the model), 'order' (registration order) or 'auto' (fx, else order)
                 ) -> dict:
     "`{layer name: BatchNorm}` for the layers whose output feeds a BatchNorm with as many features as their output channels"
-    if layers is None: layers = {n: m for n, m in model.named_modules() if _layer_kind(m) is not None}
-    layers = {n: m for n, m in layers.items() if _layer_kind(m) is not None}
-    if method not in ('auto', 'fx', 'order'): raise ValueError(f"method must be 'auto', 'fx' or 'order', got {method!r}")
+    layers = _bn_search_layers(model, layers, method)
     if method != 'order':
         try: res = _following_bn_fx(model, layers)
         except Exception:

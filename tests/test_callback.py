@@ -23,13 +23,8 @@ from fastprune.callback import *
 warnings.filterwarnings('ignore', message='.*CUDA is not available.*')
 warnings.filterwarnings('ignore', category=FutureWarning)
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny CNN: extra torch threads only add overhead and contention; restore the setting afterwards"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch runs on one thread in this module: see `one_thread` in conftest.py
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def tiny_learner(cbs=None, seed=0, bs=128, shuffle=True, model=None, **kwargs):
     "A small digits learner (12 training batches per epoch), no progress bar"

@@ -24,13 +24,8 @@ from fastprune.recovery import *
 warnings.filterwarnings('ignore', message='.*CUDA is not available.*')
 warnings.filterwarnings('ignore', category=FutureWarning)
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny CNN: extra torch threads only add overhead and contention; restore the setting afterwards"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch runs on one thread in this module: see `one_thread` in conftest.py
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def quiet(learn):
     learn.remove_cb(ProgressCallback)
