@@ -17,6 +17,7 @@ from .sparsifier import *
 from .callback import *
 from .regularize import *
 from .compact import *
+from .attention import *
 from .deploy import *
 from .metrics import *
 from .data import *

@@ -10,7 +10,8 @@ import copy, warnings
 import torch, torch.nn as nn
 import torch_pruning as tp
 from .units import *
-from .units import _run, _check_inputs, _members, _all_groups, _group_n, _zero_channels, _root_all, _named, _suspects, _WEIGHTED
+from .units import _run, _check_inputs, _members, _all_groups, _group_n, _zero_channels, _root_all, _named, _suspects, _WEIGHTED, _is_leaf
+from .attention import _head_plan, _prune_heads
 
 # %% ../nbs/09_compact.ipynb #82152b80
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks', '_state_dict_hooks',
@@ -102,7 +103,7 @@ def _plan(model, dg, ignored):
                 f"{params[0].name!r} directly on pruned channels: Torch-Pruning cannot tell how that layer maps a removed "
                 f"channel, so fastprune will not compact it. Exclude the layers feeding it from pruning "
                 f"(Sparsifier(..., exclude={prods!r})) or keep these channels with compact(..., ignored_layers=[{owner!r}]).")
-        if any(m.module in ignored for m in members): r1[:] = r2[:] = False
+        if any(m.module in ignored or _is_leaf(m.module) for m in members): r1[:] = r2[:] = False   # attention embeddings: kept
         rm = r1 | r2
         stats['kept_uncoupled'] += int((any_prod & ~rm).sum())
         if rm.all():                          # Torch-Pruning cannot remove every channel: keep one (it is exactly 0 or unused)
@@ -157,7 +158,8 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
     dg = build_graph(new, example_inputs)
     plans,stats = _plan(new, dg, _named(new, ignored_layers))
     has_zeros = any(not bool(m.prune_mask.all()) for m in masked)
-    if not plans and has_zeros:
+    heads = _head_plan(new)   # whole attention heads masked (`Head()`): removed after Torch-Pruning's surgery
+    if not plans and not heads and has_zeros:
         raise ValueError("the masks are not channel-structured: no channel is masked in all its coupled layers, so "
                          "nothing can be removed physically (unstructured zeros stay zeros in a dense tensor). Prune with "
                          "`Filter()` (e.g. Sparsifier(model, Filter(), ..., example_inputs=x)) to compact the model.")
@@ -172,6 +174,7 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
     ref = _flat(_forward_naming(new, example_inputs, "compact", order)) if check else None
     strip(new)
     _surgery(dg, plans)
+    stats['heads'] = _prune_heads(heads)
     if check:
         out = _flat(_forward_naming(new, example_inputs, "compact"))
         shapes = [tuple(o.shape) for o in ref], [tuple(o.shape) for o in out]

@@ -279,6 +279,7 @@ class Sparsifier:
             if all(n in fresh for n in u.layers): self._counts[id(u)] = (self._key(u), 0, True)
 
     def _units(self, example_inputs):
+        if hasattr(self.granularity, 'units'): return self.granularity.units(self.model, self.layers, example_inputs)  # e.g. Head()
         if example_inputs is None or not self.granularity.structured:
             if self.granularity.structured and _shares_channels(self.model, self.layers):
                 warnings.warn(f"{type(self.model).__name__} shares channels between layers (residual sums, grouped or "
