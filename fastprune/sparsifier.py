@@ -269,8 +269,9 @@ class Sparsifier:
                 fresh.add(n)
             elif mk.shape != m.weight.shape or mk.dtype != torch.bool:
                 raise ValueError(f"layer '{n}' already has a prune_mask of shape {tuple(mk.shape)} and dtype {mk.dtype}; expected bool {tuple(m.weight.shape)}")
-        self.criterion.setup(model, self.layers)
         self.units = self._units(example_inputs)
+        self.left_dense = self._drop_uncoupled(fresh)
+        self.criterion.setup(model, self.layers)
         for u in self.units: u.round_to = self.round_to
         self.bns = following_bn(model, self.layers) if self.granularity.structured else {}
         self.shortfall, self._short, self.target, self._plan, self._counts = 0, {}, None, None, {}
@@ -290,7 +291,22 @@ class Sparsifier:
             return [LayerUnit(n, m, self.granularity) for n, m in self.layers.items()]
         units = list(coupled_units(self.model, self.layers, self.granularity, example_inputs))
         seen = {n for u in units for n in u.layers}
-        return units + [LayerUnit(n, m, self.granularity) for n, m in self.layers.items() if n not in seen]
+        self._uncoupled = [n for n in self.layers if n not in seen]
+        return units + [LayerUnit(n, self.layers[n], self.granularity) for n in self._uncoupled]
+
+    def _drop_uncoupled(self, fresh) -> list:
+        "Coupled mode: leave dense (no mask, no unit) the fresh layers no coupled unit covers; `compact` could not remove their channels"
+        drop = [n for n in getattr(self, '_uncoupled', []) if n in fresh]
+        if not drop: return []
+        self.units = [u for u in self.units if not (isinstance(u, LayerUnit) and u.name in drop)]
+        for n in drop: self.layers.pop(n)._buffers.pop('prune_mask', None)
+        if not self.layers: raise ValueError(f"no channel of the selected layers can be removed: every one is coupled to a "
+            f"model output or passes through a layer fastprune cannot compact ({_some(drop)}); choose other layers")
+        warnings.warn(f"{len(drop)} selected layers are left dense: {_some(drop)}. Their {self.granularity!r} channels are coupled "
+            "to something `compact` cannot shrink (a model output, an attention block or a normalisation over channels, such "
+            "as a transformer's residual stream), so masking them would remove nothing. They are listed in `left_dense`; "
+            "without example_inputs every layer is masked on its own.", stacklevel=3)
+        return drop
 
     def __getstate__(self):  # caches hold tensor identities: rebuilt after unpickling
         return {**self.__dict__, '_plan': None, '_counts': {}}

@@ -162,7 +162,14 @@ def _net(mid):
 def test_layers_torch_pruning_cannot_handle():
     x = torch.randn(2, 3, 16, 16)
     m = _net(Scale(8))
-    sp = Sparsifier(m, Filter(), example_inputs=x); sp.prune(0.5); sp.apply_masks()
+    with pytest.warns(UserWarning, match=r"1 selected layers are left dense: '0'"):   # coupled mode: '0' feeds Scale's raw parameter
+        sp = Sparsifier(m, Filter(), example_inputs=x)
+    assert sp.left_dense == ['0'] and 'prune_mask' not in m[0]._buffers and list(sp.layers) == ['4']
+    sp.prune(0.5)
+    with torch.no_grad(): ref = m(x)
+    with torch.no_grad(): assert (compact(m, x)(x) - ref).abs().max() <= 1e-4
+    m = _net(Scale(8))
+    sp = Sparsifier(m, Filter()); sp.prune(0.5)     # masks chosen layer by layer: '0' is masked, and compact says what to do
     with pytest.raises(ValueError, match=r"layer '3' \(Scale\).*exclude=\['0'\].*ignored_layers=\['3'\]"): compact(m, x)
     with torch.no_grad(): ref = m(x)
     with warnings.catch_warnings():
