@@ -441,7 +441,8 @@ def _prune_global(self:Sparsifier, K:int, counts:list) -> bool:
     changed = False
     for i, (u, s, n, c) in enumerate(zip(self.units, sel, ns, counts)):
         kf = max(self._feasible(u, n, caps[i]), c)  # a unit with its own structure (round_to, conv groups) may prune fewer or more
-        if kf != n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf; s = u.select(get(i), kf)
+        if kf != n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf
+        if kf != n or getattr(u, 'class_size', 1) > 1: s = u.select(get(i), kf)   # grouped convs: whole classes
         if kf > c: self._set_pruned(u, s, kf); changed = True
     return changed
 
