@@ -376,6 +376,7 @@ def _norm_kept(m, args, out):
     "Forward hook of a LayerNorm with pruned channels: normalise over the kept channels only, as the compacted layer does"
     keep = m._buffers.get('prune_keep')
     if keep is None or bool(keep.all()): return None
+    if not keep.any(): return torch.zeros_like(out)
     x,d = args[0],_ln_dim(m) % out.dim()
     idx = keep.nonzero().squeeze(1)
     w,b = (None if t is None else t[idx] for t in (m.weight, m.bias))
