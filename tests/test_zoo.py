@@ -120,3 +120,18 @@ def test_compact_check_is_relative():
     assert float(ref.abs().max()) > 1e4
     small = compact(m, x)
     with torch.no_grad(): assert float((small(x) - ref).abs().max()) / float(ref.abs().max()) <= 1e-5
+
+def test_layernorm_over_channels_normalises_over_kept():
+    "a LayerNorm over channels (ConvNeXt's LayerNorm2d) skips pruned channels, so compaction is exact; reset releases them"
+    from torchvision.models.convnext import LayerNorm2d
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    sp = Sparsifier(m, Filter(), layers=['0'], example_inputs=x); sp.prune(0.5); sp.apply_masks()
+    assert int((~m[1].prune_keep).sum()) == 4
+    with torch.no_grad(): ref = m(x)
+    small = compact(m, x)
+    assert small[1].normalized_shape == (4,) and 'prune_keep' not in small[1]._buffers
+    with torch.no_grad(): assert float((small(x) - ref).abs().max()) <= 1e-5
+    sp.reset(); sp.apply_masks()
+    assert bool(m[1].prune_keep.all())
