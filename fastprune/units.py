@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PruneUnit', 'LayerUnit', 'lowest_k', 'ChannelWall', 'build_graph', 'learner_example_inputs', 'Member', 'CoupledUnit',
-           'coupled_units']
+           'KeptUnit', 'coupled_units']
 
 # %% ../nbs/04_units.ipynb #e135ea6e
 import math, contextlib, torch, torch.nn as nn, torch.nn.functional as F
@@ -442,13 +442,21 @@ def _suspects(model, order):
         elif not list(m.children()) and not type(m).__module__.startswith(('torch.', 'torchvision.')): res.append((n, type(m).__name__, last))
     return res
 
+class KeptUnit(PruneUnit):
+    "Layers whose channels stay as they are (they reach a `ChannelWall`): a unit of no groups, so nothing masks them"
+    producers = ()
+    def __init__(self, layers:dict): self.layers,self.n,self.group_size,self.name = layers,0,1,'+'.join(layers)
+    def scores(self, criterion): return torch.zeros(0)
+    def pruned(self): return torch.zeros(0, dtype=torch.bool)
+    def set_pruned(self, pruned): pass
+
 def coupled_units(model:nn.Module, # the model to prune
                   layers, # the layers to prune: {name: module} (`Sparsifier.layers`) or a list of modules
                   granularity=None, # `Filter()` (score by the producers' filters) or `Channel()` (by the consumers' inputs)
                   example_inputs=None, # inputs `model` can run on, to trace the coupling
                   ignored_layers=None, # names/modules whose channels must not change (their groups are skipped)
                  ) -> list:
-    "One `CoupledUnit` per set of coupled output channels all of whose producers are among `layers`"
+    "One `CoupledUnit` per set of coupled output channels all of whose producers are among `layers` (a `KeptUnit` for those that reach a `ChannelWall`)"
     layers = layers if isinstance(layers, dict) else {n:m for n,m in model.named_modules() if m in set(layers)}
     mods,order = set(layers.values()),{m:i for i,m in enumerate(layers.values())}
     ignored = _named(model, ignored_layers)
@@ -459,8 +467,9 @@ def coupled_units(model:nn.Module, # the model to prune
     for g in _all_groups(dg):
         members,to_output = _members(dg, g, names, mods)
         prod = [m for m in members if m.kind == 'out']
+        if to_output == 'wall' and (kept := {m.name: m.module for m in prod if m.module in mods}): units.append(KeptUnit(kept))
         if to_output or not prod or any(m.module not in mods for m in prod): continue
         if any(m.module in ignored or (m.kind == 'param' and not m.trusted) for m in members): continue
         if _conv_classes(members, _group_n(g)) is False: continue   # a grouped conv sees part of them: kept as they are
         units.append(CoupledUnit(members, _group_n(g), by=by))
-    return sorted(units, key=lambda u: min(order[m.module] for m in u.producers))
+    return sorted(units, key=lambda u: min(order[m.module] for m in u.producers) if u.producers else min(order[m] for m in u.layers.values()))
