@@ -10,7 +10,7 @@ import copy, warnings
 import torch, torch.nn as nn
 import torch_pruning as tp
 from .units import *
-from .units import _run, _check_inputs, _members, _all_groups, _group_n, _zero_channels, _root_all, _named, _suspects, _WEIGHTED, _is_leaf
+from .units import _run, _check_inputs, _members, _all_groups, _group_n, _zero_channels, _root_all, _named, _suspects, _WEIGHTED, _conv_classes, _hook_norm, _is_leaf
 from .attention import _head_plan, _prune_heads
 
 # %% ../nbs/09_compact.ipynb #82152b80
@@ -40,19 +40,23 @@ def _restore_hooks(popped):
 def strip(model:nn.Module) -> nn.Module:
     "Delete fastprune's `prune_mask` buffers and hooks from `model` (in place), leaving a plain `nn.Module`"
     _pop_fastprune_hooks(model)
-    for m in model.modules(): m._buffers.pop('prune_mask', None)
+    for m in model.modules(): m._buffers.pop('prune_mask', None); m._buffers.pop('prune_keep', None)
     return model
 
 # %% ../nbs/09_compact.ipynb #96b93fb1
 def _flat(out): return [o.detach().float() for o in tp.utils.flatten_as_list(out) if isinstance(o, torch.Tensor)]
 
-def _forward_naming(model, x, what, order=None):
-    "Run `model(x)`; if it fails, name the innermost module that was running. Modules run are appended to `order`"
+def _forward_naming(model, x, what, order=None, sums=None):
+    """Run `model(x)`; if it fails, name the innermost module that was running. Modules run are appended to `order`;
+    `sums` (a list) gets `(name, sum, sum of abs)` of each module's output as it finishes (removing a 0 channel keeps both)"""
     stack,names = [],{m:n for n,m in model.named_modules()}
     def pre(m, i):
         stack.append(m)
         if order is not None: order.append((names.get(m, '?'), m))
-    def post(m, i, o): stack.pop()
+    def post(m, i, o):
+        stack.pop()
+        if sums is not None and isinstance(o, torch.Tensor) and o.is_floating_point():
+            o = o.detach().double(); sums.append((names.get(m, '?'), float(o.sum()), float(o.abs().sum())))
     hs = [m.register_forward_pre_hook(pre) for m in model.modules()] + [m.register_forward_hook(post) for m in model.modules()]
     try:
         with torch.no_grad(): return _run(model, x)
@@ -67,12 +71,19 @@ def _forward_naming(model, x, what, order=None):
     finally:
         for h in hs: h.remove()
 
+def _first_changed(before, after, rtol):
+    "The first module (in finishing order) whose output sums differ between two `_forward_naming` runs, or None"
+    for (n, s, a), (n2, s2, a2) in zip(before, after):
+        if n != n2: return None                      # a different control flow: no reliable answer
+        if abs(s - s2) > rtol * max(1., a) or abs(a - a2) > rtol * max(1., a): return n
+    return None
+
 # %% ../nbs/09_compact.ipynb #41da64fd
 def _plan(model, dg, ignored):
     "For every Torch-Pruning group: which channels can be removed exactly. Returns (plans, stats)"
     names = {m:n for n,m in model.named_modules()}
     masked = {m for m in model.modules() if 'prune_mask' in m._buffers}
-    plans,stats = [],dict(removed=0, kept_uncoupled=0, kept_output=0, kept_last=0, groups=0)
+    plans,stats = [],dict(removed=0, kept_uncoupled=0, kept_output=0, kept_last=0, kept_grouped=0, kept_wall=0, groups=0)
     for g in _all_groups(dg):
         members,to_output = _members(dg, g, names, masked)
         n = _group_n(g)
@@ -94,8 +105,8 @@ def _plan(model, dg, ignored):
             if not m.tracked: r2[:] = False; break
             r2 &= _root_all(n, m.root, m.masked().cpu())
         if to_output:                         # the channel is a model output: never remove it
-            stats['kept_output'] += int((any_prod & ~r2).sum()); any_prod[:] = False; r1[:] = False
-        params = [m for m in members if m.kind == 'param']
+            stats['kept_wall' if to_output == 'wall' else 'kept_output'] += int((any_prod & ~r2).sum()); any_prod[:] = False; r1[:] = False
+        params = [m for m in members if m.kind == 'param' and not m.trusted]
         if params and (r1 | r2).any() and not any(m.module in ignored for m in members):
             owner = params[0].name.rpartition('.')[0]
             prods = [m.name for m in prod]
@@ -106,8 +117,13 @@ def _plan(model, dg, ignored):
         if any(m.module in ignored or _is_leaf(m.module) for m in members): r1[:] = r2[:] = False   # attention embeddings: kept
         rm = r1 | r2
         stats['kept_uncoupled'] += int((any_prod & ~rm).sum())
+        cls = _conv_classes(members, n)       # grouped convs: only whole classes (one channel per conv group) go
+        if cls is not None and rm.any():
+            even = torch.zeros(n, dtype=torch.bool) if cls is False else _root_all(int(cls.max()) + 1, cls, rm)[cls]
+            stats['kept_grouped'] += int((rm & ~even).sum()); rm = even
         if rm.all():                          # Torch-Pruning cannot remove every channel: keep one (it is exactly 0 or unused)
-            rm[0] = False; stats['kept_last'] += 1
+            keep = cls == cls[0] if isinstance(cls, torch.Tensor) else torch.arange(n) == 0
+            rm[keep] = False; stats['kept_last'] += int(keep.sum())
         if r1.any(): _zero_channels(members, r1)
         if rm.any():
             for item in g:                    # = dg.get_pruning_group(root, fn, removed idxs), read off the full group
@@ -133,12 +149,23 @@ def _surgery(dg, plans):
             setattr(owner, name.rpartition('.')[2], dep(idxs))
         else: dep(idxs)
 
+# %% ../nbs/09_compact.ipynb #82c73247
+def _dense_totals(model, example_inputs) -> dict:
+    "Totals of the model before compaction (parameters, prunable weights, FLOPs on `example_inputs`), for `sparsity_report`"
+    from fastprune.metrics import count_params, count_flops   # metrics builds on the sparsifier: imported when needed
+    xs = example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+    try: flops = count_flops(model, example_inputs).total
+    except Exception: flops = None
+    return dict(params=count_params(model).total, weights=count_params(model, 'weights').total, flops=flops,
+                input_shapes=[tuple(x.shape) for x in xs if isinstance(x, torch.Tensor)])
+
+
 # %% ../nbs/09_compact.ipynb #8944dbb9
 def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffers), e.g. pruned by `Sparsifier` with `Filter()`
             example_inputs=None, # inputs the model runs on (tensor, tuple or dict), used to trace the channel dependencies
             inplace:bool=False, # modify `model` itself instead of a deep copy
             ignored_layers=None, # names/modules whose channels must be kept as they are
-            atol:float=1e-4, # max abs difference allowed between the masked and the compacted outputs
+            rtol:float=1e-3, # max difference allowed between the masked and compacted outputs, relative to their scale: max|a-b| / max(1, max|a|)
             check:bool=True, # compare outputs on `example_inputs` before/after and raise if they differ
             return_stats:bool=False, # also return a dict of counts (removed, kept_uncoupled, ...)
            ) -> nn.Module:
@@ -153,13 +180,15 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
     training = new.training
     new.eval()
     masked = [m for m in new.modules() if 'prune_mask' in m._buffers]
+    for m in new.modules():                   # LayerNorms over channels normalise over the kept ones (as after compaction)
+        if 'prune_keep' in m._buffers: _hook_norm(m)
     with torch.no_grad():
         for m in masked: m.weight.mul_(m.prune_mask.to(m.weight.dtype))
     dg = build_graph(new, example_inputs)
     plans,stats = _plan(new, dg, _named(new, ignored_layers))
     has_zeros = any(not bool(m.prune_mask.all()) for m in masked)
     heads = _head_plan(new)   # whole attention heads masked (`Head()`): removed after Torch-Pruning's surgery
-    if not plans and not heads and has_zeros:
+    if not plans and not heads and has_zeros and not (stats['kept_grouped'] or stats['kept_wall']):
         raise ValueError("the masks are not channel-structured: no channel is masked in all its coupled layers, so "
                          "nothing can be removed physically (unstructured zeros stay zeros in a dense tensor). Prune with "
                          "`Filter()` (e.g. Sparsifier(model, Filter(), ..., example_inputs=x)) to compact the model.")
@@ -167,27 +196,47 @@ def compact(model:nn.Module, # a model with fastprune masks (`prune_mask` buffer
         warnings.warn(f"compact kept {stats['kept_uncoupled']} channels that are masked in some but not all of their "
                       "coupled layers (e.g. one branch of a residual sum): removing them would change the outputs. Give "
                       "the Sparsifier `example_inputs` so coupled layers are pruned together.")
+    if stats['kept_grouped']:
+        warnings.warn(f"compact kept {stats['kept_grouped']} masked channels of grouped convolutions: a grouped conv needs "
+                      "the same channels removed in each of its groups. Give the Sparsifier `example_inputs` so it prunes "
+                      "them evenly.")
+    if stats['kept_wall']:
+        warnings.warn(f"compact kept {stats['kept_wall']} masked channels that pass through an op Torch-Pruning cannot "
+                      "follow (a channel shuffle, traced as a `ChannelWall`): they stay in the compacted model.")
     if stats['kept_output']:
         warnings.warn(f"compact kept {stats['kept_output']} masked channels that are outputs of the model (e.g. rows of "
                       "the classifier): removing them would change the output shape.")
-    order = []
-    ref = _flat(_forward_naming(new, example_inputs, "compact", order)) if check else None
+    dense = getattr(model, 'fastprune_dense', None) or _dense_totals(new, example_inputs)
+    order,sums = [],[]
+    ref = _flat(_forward_naming(new, example_inputs, "compact", order, sums)) if check else None
     strip(new)
     _surgery(dg, plans)
     stats['heads'] = _prune_heads(heads)
+    new.fastprune_dense = dense   # what `sparsity_report` compares the compacted model with
     if check:
-        out = _flat(_forward_naming(new, example_inputs, "compact"))
+        sums2 = []
+        out = _flat(_forward_naming(new, example_inputs, "compact", sums=sums2))
         shapes = [tuple(o.shape) for o in ref], [tuple(o.shape) for o in out]
         if shapes[0] != shapes[1]: raise RuntimeError(f"compaction changed the output shapes {shapes[0]} -> {shapes[1]}")
-        err = max((float((a-b).abs().max()) for a,b in zip(ref, out) if a.numel()), default=0.)
-        if err > atol:
+        errs = [(float((a-b).abs().max()), float(a.abs().max())) for a,b in zip(ref, out) if a.numel()]
+        err = max((e / max(1., s) for e,s in errs), default=0.)
+        if err > rtol:
+            first = _first_changed(sums, sums2, max(rtol, 1e-5))
             sus = _suspects(new, order)
+            if first is not None:                 # the custom layers that ran before it
+                seen = [n for n,_ in order]
+                k = seen.index(first) if first in seen else len(seen)
+                sus = [s for s in sus if s[0] in seen[:k + 1]]
+            where = (f" The first layer whose output changed is {first!r} ({type(new.get_submodule(first)).__name__}): it, "
+                     f"or an op just before it, does not map a removed channel's 0 to 0 (e.g. a norm over channels)." if first else '')
             hint = (f" Layers Torch-Pruning has no rule for: {', '.join(f'{n!r} ({t})' for n,t,_ in sus)}. Exclude the layers "
                     f"feeding them from pruning (e.g. Sparsifier(..., exclude={[p for *_,p in sus if p]!r})) or keep their "
                     f"channels with compact(..., ignored_layers=[...])." if sus else
-                    " Pass the layers involved in `ignored_layers` or exclude them from pruning.")
-            raise RuntimeError(f"compaction changed the outputs by {err:.3g} (> atol={atol}): a layer on the path of a "
-                               "removed channel does not map 0 to 0 or is not handled by Torch-Pruning." + hint)
+                    f" Keep its channels with compact(..., ignored_layers=[{first!r}]) or exclude the layers feeding it from "
+                    "pruning." if first else " Pass the layers involved in `ignored_layers` or exclude them from pruning.")
+            raise RuntimeError(f"compaction changed the outputs by {err:.3g} relative to their scale (> rtol={rtol}; the "
+                               f"largest difference is {max(e for e,_ in errs):.3g}): a layer on the path of a removed channel "
+                               "does not map 0 to 0 or is not handled by Torch-Pruning." + where + hint)
     new.train(training)
     return (new, stats) if return_stats else new
 

@@ -235,7 +235,7 @@ def _dense_reference(model, dense, example_inputs):
     origin = getattr(model, 'fastprune_dense', None)
     if not isinstance(origin, dict): return None, None, None, None
     fl, line = None, "ratios against the model before `compact` (totals recorded by compact)"
-    if example_inputs is not None:
+    if example_inputs is not None and origin.get('flops') is not None:
         shapes = [tuple(x.shape) for x in _as_tuple(example_inputs) if isinstance(x, Tensor)]
         ref = [tuple(s) for s in origin.get('input_shapes', [])]
         if ref and len(ref) == len(shapes) and all(a[1:] == b[1:] for a, b in zip(ref, shapes)) and ref[0][0]:

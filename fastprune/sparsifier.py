@@ -289,7 +289,7 @@ class Sparsifier:
                     "example_inputs (one input batch, e.g. x[:1]) to prune coupled channels together (PruneCallback does "
                     "it from the Learner's data).", stacklevel=3)
             return [LayerUnit(n, m, self.granularity) for n, m in self.layers.items()]
-        units = list(coupled_units(self.model, self.layers, self.granularity, example_inputs))
+        units = [u for u in coupled_units(self.model, self.layers, self.granularity, example_inputs) if u.n]  # not KeptUnits: left dense below
         seen = {n for u in units for n in u.layers}
         self._uncoupled = [n for n in self.layers if n not in seen]
         return units + [LayerUnit(n, self.layers[n], self.granularity) for n in self._uncoupled]
@@ -458,7 +458,8 @@ def _prune_global(self:Sparsifier, K:int, counts:list) -> bool:
     changed = False
     for i, (u, s, n, c) in enumerate(zip(self.units, sel, ns, counts)):
         kf = max(self._feasible(u, n, caps[i]), c)  # a unit with its own structure (round_to, conv groups) may prune fewer or more
-        if kf != n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf; s = u.select(get(i), kf)
+        if kf != n: self._short['round'] = self._short.get('round', 0) + n - kf; self.shortfall += n - kf
+        if kf != n or getattr(u, 'class_size', 1) > 1: s = u.select(get(i), kf)   # grouped convs: whole classes
         if kf > c: self._set_pruned(u, s, kf); changed = True
     return changed
 

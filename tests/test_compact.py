@@ -256,3 +256,19 @@ def test_apply_masks_rezeroes_norms_only_coupled_units_know():
     assert (model[2].bias == 0).sum() == 4
     small = compact(model, x)
     torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_report_of_a_compacted_model_needs_no_dense():
+    "compact records the dense totals: sparsity_report(compacted) gives the real compression and speed-up without dense="
+    from fastprune.metrics import sparsity_report, count_params, count_flops
+    m, x = torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64)
+    Sparsifier(m, Filter(), example_inputs=x).prune(0.5)
+    small = compact(m, x)
+    r = sparsity_report(small, x)
+    assert r['compression_ratio'] == pytest.approx(count_params(m).total / count_params(small).nonzero)
+    assert r['theoretical_speedup'] == pytest.approx(count_flops(m, x).total / count_flops(small, x).nonzero)
+    assert r['compression_ratio'] > 3 and 'before `compact`' in str(r)
+    assert sparsity_report(small, x[:1])['theoretical_speedup'] == pytest.approx(r['theoretical_speedup'])  # FLOPs scale with the batch
+    again = compact(small, x)                      # compacting again keeps the original reference
+    assert again.fastprune_dense == small.fastprune_dense
+    assert sparsity_report(small, x, dense=small)['compression_ratio'] < 1.01   # an explicit dense= wins
