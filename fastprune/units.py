@@ -410,9 +410,14 @@ class CoupledUnit(PruneUnit):
 
     def apply_masks(self):
         "Zero what makes a pruned channel exactly 0 everywhere: the producers' filters and bias, every norm's weight and bias"
-        pruned = self.pruned()
-        _norm_keep(self.members, pruned)
-        if pruned.any(): _zero_channels(self.members, pruned)
+        key = tuple((id(mk), mk._version) for m in self.producers + self.consumers if (mk := m.mask) is not None)
+        if getattr(self, '_applied', (None,))[0] != key:   # which entries: recomputed only when a mask it reads changed
+            pruned = self.pruned()
+            _norm_keep(self.members, pruned)
+            self._applied = (key, _zero_plan(self.members, pruned) if pruned.any() else [])
+        _zero(self._applied[1])
+
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_applied'}  # copies rebuild it
 
 def _ln_dim(m):
     "The channel dim a LayerNorm normalises over (torchvision's `LayerNorm2d`: 1), or None if it is not over one channel dim"
@@ -450,8 +455,9 @@ def _hook_norm(mod):
     "Give a LayerNorm with a `prune_keep` buffer its `_norm_kept` hook (once)"
     if not any(h is _norm_kept for h in mod._forward_hooks.values()): mod.register_forward_hook(_norm_kept)
 
-@torch.no_grad()
-def _zero_channels(members, pruned):
+def _zero_plan(members, pruned) -> list:
+    "`[(tensor, dim, indices)]`: the entries that must be 0 for the channels flagged in `pruned` (norms over channels skip them)"
+    plan = []
     for m in members:
         sel = m.idxs[pruned[m.root]]
         if not len(sel): continue
@@ -459,13 +465,20 @@ def _zero_channels(members, pruned):
         if m.kind == 'norm' and _ln_dim(mod) is not None:   # a norm over channels: its statistics must skip pruned ones
             _keep_buffer(mod)[sel.to(mod.weight.device)] = False
             _hook_norm(mod)
-        if m.kind == 'param': mod.data.index_fill_(m.dim % mod.dim(), sel.to(mod.device), 0)
+        if m.kind == 'param': plan.append((mod, m.dim % mod.dim(), sel.to(mod.device)))
         elif m.kind == 'out':
-            mod.weight.transpose(0, m._dim())[sel.to(mod.weight.device)] = 0
-            if mod.bias is not None: mod.bias[sel.to(mod.bias.device)] = 0
+            plan.append((mod.weight, m._dim(), sel.to(mod.weight.device)))
+            if mod.bias is not None: plan.append((mod.bias, 0, sel.to(mod.bias.device)))
         elif m.kind == 'norm':
-            for p in (getattr(mod, 'weight', None), getattr(mod, 'bias', None)):
-                if isinstance(p, torch.Tensor) and p.dim() == 1: p[sel.to(p.device)] = 0
+            plan += [(p, 0, sel.to(p.device)) for p in (getattr(mod, 'weight', None), getattr(mod, 'bias', None))
+                     if isinstance(p, torch.Tensor) and p.dim() == 1]
+    return plan
+
+@torch.no_grad()
+def _zero(plan):
+    for t, d, idx in plan: t.index_fill_(d, idx, 0)
+
+def _zero_channels(members, pruned): _zero(_zero_plan(members, pruned))
 
 # %% ../nbs/04_units.ipynb #e37b93c7
 def _named(model, mods):

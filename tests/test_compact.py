@@ -272,3 +272,25 @@ def test_report_of_a_compacted_model_needs_no_dense():
     again = compact(small, x)                      # compacting again keeps the original reference
     assert again.fastprune_dense == small.fastprune_dense
     assert sparsity_report(small, x, dense=small)['compression_ratio'] < 1.01   # an explicit dense= wins
+
+
+def test_coupled_unit_reuses_its_zeroing_plan_until_a_mask_changes(monkeypatch):
+    "Every step zeroes the norms of pruned channels again (they drift), but finds which ones only when a mask changed"
+    from fastprune.units import CoupledUnit
+    m, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64)
+    sp = Sparsifier(m, Filter(), example_inputs=x).prune(0.5)
+    calls = []
+    orig = CoupledUnit.pruned
+    monkeypatch.setattr(CoupledUnit, 'pruned', lambda self: calls.append(self) or orig(self))
+    dead = (~m.conv1.prune_mask.flatten(1).any(1)).nonzero().flatten()
+    assert len(dead) == 32
+    for _ in range(3):
+        with torch.no_grad(): m.bn1.bias.add_(1.); m.bn1.weight.add_(1.)   # an optimizer step revives them
+        sp.apply_masks()
+        assert (m.bn1.bias[dead] == 0).all() and (m.bn1.weight[dead] == 0).all() and (m.bn1.bias != 0).sum() == 32
+    assert calls == []                               # masks unchanged: the cached plan was used
+    sp.prune(0.7)
+    assert calls and len((~m.conv1.prune_mask.flatten(1).any(1)).nonzero()) == 45
+    with torch.no_grad(): m.bn1.bias.add_(1.)
+    sp.apply_masks()
+    assert (m.bn1.bias == 0).sum() == 45             # the new plan zeroes the newly pruned channels too
