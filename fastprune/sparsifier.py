@@ -298,10 +298,13 @@ class Sparsifier:
         "Coupled mode: leave dense (no mask, no unit) the fresh layers no coupled unit covers; `compact` could not remove their channels"
         drop = [n for n in getattr(self, '_uncoupled', []) if n in fresh]
         if not drop: return []
+        if len(drop) == len(self.layers):   # nothing would be pruned: mask them layer by layer, as without example_inputs
+            warnings.warn(f"no channel of the selected layers can be removed by `compact` (they are coupled to a model "
+                f"output or pass through a layer it cannot shrink: {_some(drop)}): their {self.granularity!r} masks are "
+                "chosen layer by layer and stay masks.", stacklevel=3)
+            return []
         self.units = [u for u in self.units if not (isinstance(u, LayerUnit) and u.name in drop)]
         for n in drop: self.layers.pop(n)._buffers.pop('prune_mask', None)
-        if not self.layers: raise ValueError(f"no channel of the selected layers can be removed: every one is coupled to a "
-            f"model output or passes through a layer fastprune cannot compact ({_some(drop)}); choose other layers")
         warnings.warn(f"{len(drop)} selected layers are left dense: {_some(drop)}. Their {self.granularity!r} channels are coupled "
             "to something `compact` cannot shrink (a model output, an attention block or a normalisation over channels, such "
             "as a transformer's residual stream), so masking them would remove nothing. They are listed in `left_dense`; "
