@@ -9,12 +9,8 @@ from fastprune.attention import *
 
 def n_params(m): return sum(p.numel() for p in m.parameters())
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "224x224 forwards of MaxViT/ViT-B run several times faster on one thread on a shared 2-core machine"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread in this module (small inputs on shared cores): `one_thread` in conftest.py
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def tiny_vit(): return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
                                                              hidden_dim=64, mlp_dim=128, num_classes=10)

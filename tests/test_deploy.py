@@ -29,13 +29,8 @@ def _ort(path, *xs):
     s = ort_session(path)
     return [torch.from_numpy(o) for o in s.run(None, {i.name: x.numpy() for i, x in zip(s.get_inputs(), xs)})]
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "small models on a shared machine: one PyTorch (and so ONNX Runtime) thread, restored after this file"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread in this module (small inputs on shared cores): `one_thread` in conftest.py
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(scope='module')
 def trained():

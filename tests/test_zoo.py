@@ -11,13 +11,8 @@ CNNS = dict(alexnet=64, convnext_tiny=64, densenet121=64, efficientnet_b0=64, ef
             inception_v3=75, mnasnet0_5=64, mobilenet_v2=64, mobilenet_v3_small=64, regnet_x_400mf=64, regnet_y_400mf=64,
             resnet18=64, resnext50_32x4d=64, shufflenet_v2_x0_5=64, squeezenet1_0=64, vgg11_bn=64, wide_resnet50_2=64)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "one thread: these inputs are tiny, and a second thread that waits for a busy core makes each conv 10x slower"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread in this module (small inputs on shared cores): `one_thread` in conftest.py
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def _params(m): return sum(p.numel() for p in m.parameters())
 
