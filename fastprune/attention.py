@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2, _get_relative_position_bias
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from .granularity import *
+from .granularity import _GRANULARITIES
 from .units import *
 from .units import ATTENTION_LEAVES, AttentionPruner
 import math
@@ -93,6 +94,8 @@ class Head(Filter):
         if not units: raise ValueError(f"Head() found no attention block (nn.MultiheadAttention, Swin's or MaxViT's attention) "
                                        f"whose output projection is among the {len(layers)} layers to prune")
         return units
+
+_GRANULARITIES['head'] = Head   # `Sparsifier(model, 'head')` and `PruneCallback(0.3, 'head')` once this module is imported
 
 # %% ../nbs/15_attention.ipynb #fd330d99
 def _window_attention(x, qkv, proj, bias, window_size, num_heads, head_dim, shift_size, logit_scale=None, training=False,

@@ -102,3 +102,9 @@ def test_mha_forward():
         for kw in ({}, dict(key_padding_mask=kpm), dict(attn_mask=torch.ones(5, 5, dtype=torch.bool).triu(1))):
             (o1, w1), (o2, w2) = a(x, x, x, **kw), b(x, x, x, **kw)
             torch.testing.assert_close(o1, o2, atol=1e-5, rtol=1e-4); torch.testing.assert_close(w1, w2, atol=1e-5, rtol=1e-4)
+
+
+def test_head_by_name():
+    "'head' is a granularity name once fastprune.attention is imported (fastprune.all does)"
+    from fastprune.granularity import as_granularity
+    assert as_granularity('head') == Head() and as_granularity('Head').unit == 'heads'
