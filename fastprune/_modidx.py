@@ -604,8 +604,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._alive': ( 'sparsifier.html#sparsifier._alive',
                                                                                   'fastprune/sparsifier.py'),
-                                      'fastprune.sparsifier.Sparsifier._drop_uncoupled': ( 'sparsifier.html#sparsifier._drop_uncoupled',
-                                                                                           'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._feasible': ( 'sparsifier.html#sparsifier._feasible',
                                                                                      'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._floor': ( 'sparsifier.html#sparsifier._floor',

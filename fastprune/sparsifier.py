@@ -269,8 +269,8 @@ class Sparsifier:
                 fresh.add(n)
             elif mk.shape != m.weight.shape or mk.dtype != torch.bool:
                 raise ValueError(f"layer '{n}' already has a prune_mask of shape {tuple(mk.shape)} and dtype {mk.dtype}; expected bool {tuple(m.weight.shape)}")
-        self.units = self._units(example_inputs)
-        self.left_dense = self._drop_uncoupled(fresh)
+        self.units, self.left_dense = self._units(example_inputs, fresh)
+        for n in self.left_dense: self.layers.pop(n)._buffers.pop('prune_mask', None)
         self.criterion.setup(model, self.layers)
         for u in self.units: u.round_to = self.round_to
         self.bns = following_bn(model, self.layers) if self.granularity.structured else {}
@@ -279,8 +279,9 @@ class Sparsifier:
         for u in self.units:
             if all(n in fresh for n in u.layers): self._counts[id(u)] = (self._key(u), 0, True)
 
-    def _units(self, example_inputs):
-        if hasattr(self.granularity, 'units'): return self.granularity.units(self.model, self.layers, example_inputs)  # e.g. Head()
+    def _units(self, example_inputs, fresh=()):
+        "`(units, names of the layers left dense)`"
+        if hasattr(self.granularity, 'units'): return self.granularity.units(self.model, self.layers, example_inputs), []  # e.g. Head()
         if example_inputs is None or not self.granularity.structured:
             if self.granularity.structured and _shares_channels(self.model, self.layers):
                 warnings.warn(f"{type(self.model).__name__} shares channels between layers (residual sums, grouped or "
@@ -288,28 +289,20 @@ class Sparsifier:
                     "layer by layer, and `compact` can only remove a channel masked in every layer that shares it. Pass "
                     "example_inputs (one input batch, e.g. x[:1]) to prune coupled channels together (PruneCallback does "
                     "it from the Learner's data).", stacklevel=3)
-            return [LayerUnit(n, m, self.granularity) for n, m in self.layers.items()]
+            return [LayerUnit(n, m, self.granularity) for n, m in self.layers.items()], []
         units = [u for u in coupled_units(self.model, self.layers, self.granularity, example_inputs) if u.n]  # not KeptUnits: left dense below
         seen = {n for u in units for n in u.layers}
-        self._uncoupled = [n for n in self.layers if n not in seen]
-        return units + [LayerUnit(n, self.layers[n], self.granularity) for n in self._uncoupled]
-
-    def _drop_uncoupled(self, fresh) -> list:
-        "Coupled mode: leave dense (no mask, no unit) the fresh layers no coupled unit covers; `compact` could not remove their channels"
-        drop = [n for n in getattr(self, '_uncoupled', []) if n in fresh]
-        if not drop: return []
-        if len(drop) == len(self.layers):   # nothing would be pruned: mask them layer by layer, as without example_inputs
+        drop = [n for n in self.layers if n not in seen and n in fresh]   # coupled mode: compact could not remove these
+        if drop and len(drop) == len(self.layers):   # nothing would be pruned: mask them layer by layer, as without example_inputs
             warnings.warn(f"no channel of the selected layers can be removed by `compact` (they are coupled to a model "
                 f"output or pass through a layer it cannot shrink: {_some(drop)}): their {self.granularity!r} masks are "
                 "chosen layer by layer and stay masks.", stacklevel=3)
-            return []
-        self.units = [u for u in self.units if not (isinstance(u, LayerUnit) and u.name in drop)]
-        for n in drop: self.layers.pop(n)._buffers.pop('prune_mask', None)
-        warnings.warn(f"{len(drop)} selected layers are left dense: {_some(drop)}. Their {self.granularity!r} channels are coupled "
+            drop = []
+        elif drop: warnings.warn(f"{len(drop)} selected layers are left dense: {_some(drop)}. Their {self.granularity!r} channels are coupled "
             "to something `compact` cannot shrink (a model output, an attention block or a normalisation over channels, such "
             "as a transformer's residual stream), so masking them would remove nothing. They are listed in `left_dense`; "
             "without example_inputs every layer is masked on its own.", stacklevel=3)
-        return drop
+        return units + [LayerUnit(n, self.layers[n], self.granularity) for n in self.layers if n not in seen and n not in drop], drop
 
     def __getstate__(self):  # caches hold tensor identities: rebuilt after unpickling
         return {**self.__dict__, '_plan': None, '_counts': {}}
