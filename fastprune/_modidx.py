@@ -612,6 +612,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._groups': ( 'sparsifier.html#sparsifier._groups',
                                                                                    'fastprune/sparsifier.py'),
+                                      'fastprune.sparsifier.Sparsifier._keep_float': ( 'sparsifier.html#sparsifier._keep_float',
+                                                                                       'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._key': ( 'sparsifier.html#sparsifier._key',
                                                                                 'fastprune/sparsifier.py'),
                                       'fastprune.sparsifier.Sparsifier._make_plan': ( 'sparsifier.html#sparsifier._make_plan',
@@ -777,4 +779,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastprune.units.build_graph': ('units.html#build_graph', 'fastprune/units.py'),
                                  'fastprune.units.coupled_units': ('units.html#coupled_units', 'fastprune/units.py'),
                                  'fastprune.units.learner_example_inputs': ('units.html#learner_example_inputs', 'fastprune/units.py'),
-                                 'fastprune.units.lowest_k': ('units.html#lowest_k', 'fastprune/units.py')}}}
+                                 'fastprune.units.lowest_k': ('units.html#lowest_k', 'fastprune/units.py'),
+                                 'fastprune.units.mask_scores': ('units.html#mask_scores', 'fastprune/units.py')}}}

@@ -305,7 +305,7 @@ class Sparsifier:
         return units + [LayerUnit(n, self.layers[n], self.granularity) for n in self.layers if n not in seen and n not in drop], drop
 
     def __getstate__(self):  # caches hold tensor identities: rebuilt after unpickling
-        return {**self.__dict__, '_plan': None, '_counts': {}}
+        return {**self.__dict__, '_plan': None, '_counts': {}, '_keeps': {}}
 
     @property
     def n_groups(self) -> int:
@@ -375,7 +375,7 @@ def _scores(self:Sparsifier, u, n_pruned=None) -> Tensor:
     with torch.no_grad():
         s = u.scores(self.criterion).detach().float().reshape(-1)
         if n_pruned == 0: return s
-        return torch.where(u.pruned(), float('-inf'), s)
+        return mask_scores(s, u.pruned())
 
 @patch
 def _unit_targets(self:Sparsifier, d:dict, counts:list) -> list:
@@ -493,10 +493,19 @@ def _make_plan(self:Sparsifier) -> list:
                 bn = self.bns.get(n) if isinstance(self.bns, dict) else None
                 if bn is not None and getattr(bn, 'weight', None) is not None and bn.weight.shape == keep.shape:
                     extra += [(p, keep.to(p.dtype)) for p in (bn.weight, bn.bias) if p is not None]
-        plan.append((m, mk, mk._version, w, mk.to(w.dtype), extra))   # the weight's dtype: 4x faster than bool
+        plan.append((m, mk, mk._version, w, self._keep_float(n, mk, w), extra))
     self._zeroing_units = [u for u in self.units if hasattr(u, 'apply_masks')]
     self._plan_masks = [(m, m._buffers['prune_mask'], m._buffers['prune_mask']._version) for m in self.layers.values()]
     return plan
+
+@patch
+def _keep_float(self:Sparsifier, n:str, mk:Tensor, w:Tensor) -> Tensor:
+    "Layer `n`'s mask in the weight's dtype (multiplying by it is 4x faster than by a bool), rewritten in place when it exists"
+    keeps = self.__dict__.setdefault('_keeps', {})
+    k = keeps.get(n)
+    if k is None or k.shape != w.shape or k.dtype != w.dtype or k.device != w.device: k = keeps[n] = mk.view(torch.uint8).to(w.dtype)
+    else: k.copy_(mk.view(torch.uint8))   # no new tensor at each mask update: a fresh one costs a page fault per 4 KiB
+    return k
 
 @patch
 def _fresh_plan(self:Sparsifier) -> list:

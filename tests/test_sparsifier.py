@@ -526,3 +526,32 @@ def test_lowest_k_sampled_path_is_exact_with_ties(n, frac, levels, seed):
     order = torch.sort(s, stable=True).indices[:k]          # reference: a stable full sort
     ref = torch.zeros(n, dtype=torch.bool); ref[order] = True
     assert torch.equal(got, ref)
+
+
+def test_lowest_k_sample_sees_every_kernel_position():
+    "The sampled bracket holds on a trained-looking 512x512x3x3 layer whose kernel centres are larger than its corners"
+    from fastprune.units import _lowest_k_sampled
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(512, 512, 3, 3, generator=g) * torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1.]])
+    s = w.abs().flatten()
+    for q in (0.3, 0.5, 0.85, 0.95):   # a stride of n // 16384 = 144 samples one kernel position only: these all missed
+        k = int(q * s.numel())
+        got = _lowest_k_sampled(s, k)
+        assert got is not None, f"the sample missed the {q:.0%} quantile"
+        assert int(got.sum()) == k and torch.equal(got, s <= s.kthvalue(k).values)
+
+
+@settings(max_examples=50)
+@given(n=st.integers(0, 5_000), frac=st.floats(0, 1), specials=st.booleans(), seed=st.integers(0, 2**16))
+def test_mask_scores_equals_where(n, frac, specials, seed):
+    "`mask_scores` gives `torch.where(pruned, -inf, s)` bit for bit, also with NaN, +-inf and -0 scores"
+    from fastprune.units import mask_scores
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, generator=g)
+    if specials and n:
+        pick = torch.randint(0, 5, (n,), generator=g)
+        s[pick == 1] = float('nan'); s[pick == 2] = float('inf'); s[pick == 3] = float('-inf'); s[pick == 4] = -0.
+    pruned = torch.rand(n, generator=g) < frac
+    got, ref = mask_scores(s, pruned), torch.where(pruned, float('-inf'), s)
+    assert torch.equal(got.view(torch.int32), ref.view(torch.int32)) or torch.equal(got.isnan(), ref.isnan()) and \
+        torch.equal(got.nan_to_num(0.5), ref.nan_to_num(0.5)) and torch.equal(got.signbit(), ref.signbit())
