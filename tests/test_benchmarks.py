@@ -26,3 +26,12 @@ def test_compact_speed_runs(capsys):
     for form in ('eager', 'bn-folded', 'folded+NHWC', 'TorchScript', 'inductor'):
         assert any(l.startswith(f'{form}: latency') or l.startswith(form) and 'skipped:' in l for l in out.splitlines()), form
     assert 'fastprune / Torch-Pruning speed-up' in out and 'aten::mkldnn_convolution' in out
+
+def test_callback_overhead_times_the_hooks():
+    "the callback benchmark's fit reaches the target and counts the time inside the callback's hooks (0 for dense)"
+    mod = _load(BENCH/'callback_overhead.py')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        wall, cpu, acc, sp, hooks = mod.train('agp90', 1)
+        assert abs(sp - 0.9) < 1e-3 and 0 < hooks < wall
+        assert mod.train('dense', 1)[4] == 0
