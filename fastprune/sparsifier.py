@@ -553,7 +553,7 @@ def remove(self:Sparsifier) -> nn.Module:
     self.apply_masks()
     self.criterion.remove()
     for m in self.layers.values(): del m._buffers['prune_mask']
-    self._removed, self._plan = True, None
+    self._removed, self._plan, self._keeps = True, None, {}   # (the float masks are a copy of the weights' size)
     return self.model
 
 # %% ../nbs/05_sparsifier.ipynb #aeeeb844

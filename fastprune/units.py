@@ -135,7 +135,6 @@ def lowest_k(s:Tensor, # `(n,)` scores
             lt.index_fill_(0, idx[:k - nlt], True)
         return lt
 
-
 # %% ../nbs/04_units.ipynb #0fb75b3e
 _CONV = nn.modules.conv._ConvNd
 _WEIGHTED = PRUNABLE_TYPES

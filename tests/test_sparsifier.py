@@ -555,3 +555,14 @@ def test_mask_scores_equals_where(n, frac, specials, seed):
     got, ref = mask_scores(s, pruned), torch.where(pruned, float('-inf'), s)
     assert torch.equal(got.view(torch.int32), ref.view(torch.int32)) or torch.equal(got.isnan(), ref.isnan()) and \
         torch.equal(got.nan_to_num(0.5), ref.nan_to_num(0.5)) and torch.equal(got.signbit(), ref.signbit())
+
+
+def test_remove_releases_the_float_masks():
+    "`apply_masks` keeps one float copy of each masked layer's mask (rewritten in place at each update); `remove` frees them"
+    m = mlp(); sp = Sparsifier(m).prune(0.5)
+    k1 = sp.masked_weights()[0][1]
+    sp.prune(0.7)
+    k2 = sp.masked_weights()[0][1]
+    assert k2 is k1 and torch.equal(k2.bool(), m[0].prune_mask)   # the same tensor, holding the new mask
+    sp.remove()
+    assert sp._keeps == {}
