@@ -185,12 +185,11 @@ def _no_autocast(t:torch.Tensor):
 # %% ../nbs/06_callback.ipynb #1809368e
 @patch
 def _prune(self:PruneCallback, f:float):
-    "Extend the masks to `f*sparsity`, zero the weights they drop and their optimizer state"
+    "Extend the masks to `f*sparsity` and zero the weights they drop (their optimizer state is zeroed by `after_fit`)"
     before = self._done
     with torch.no_grad(), _no_autocast(self._weight): self.sparsifier.prune(self._target(f))  # zeros written too
     self._refresh()
     if self._done == before: return   # nothing moved (the target was reached already, or rounds to the same groups)
-    zero_masked_state(self.learn.opt, self.sparsifier.masked_weights())
     if self.recalibrate_bn: self._recalibrate()
     self.history.append((float(self.learn.pct_train), self.sparsifier.pruned_fraction()))
 

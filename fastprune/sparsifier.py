@@ -370,12 +370,22 @@ def _set_pruned(self:Sparsifier, u, sel, k):
     self._counts[id(u)] = (self._key(u), k, True)  # True: the count comes from our own writes, so 0 means all-True masks
 
 @patch
+def _raw_scores(self:Sparsifier, u) -> Tensor:
+    "float32 `(n,)` scores of unit `u`'s groups"
+    with torch.no_grad(): return u.scores(self.criterion).detach().float().reshape(-1)
+
+@patch
 def _scores(self:Sparsifier, u, n_pruned=None) -> Tensor:
     "float32 scores of unit `u`, -inf for its already pruned groups"
-    with torch.no_grad():
-        s = u.scores(self.criterion).detach().float().reshape(-1)
-        if n_pruned == 0: return s
-        return mask_scores(s, u.pruned())
+    s = self._raw_scores(u)
+    return s if n_pruned == 0 else mask_scores(s, u.pruned())
+
+@patch
+def _select(self:Sparsifier, u, k:int, c:int) -> Tensor:
+    "Bool `(n,)`: the `k` groups unit `u` prunes in local context, `c` of them pruned already"
+    if c and type(u).select is PruneUnit.select:   # the plain lowest k: the pruned groups go in as a mask, no -inf pass
+        return lowest_k(self._raw_scores(u), k, pruned=u.pruned(), n_pruned=c)
+    return u.select(self._scores(u, c), k)
 
 @patch
 def _unit_targets(self:Sparsifier, d:dict, counts:list) -> list:
@@ -423,7 +433,7 @@ def prune(self:Sparsifier, sparsity, # float in [0, 1), or `{layer name | module
         changed, short = False, 0
         for u, k, c in zip(self.units, ks, counts):
             kf = max(self._feasible(u, k, u.n), c)
-            if kf > c: self._set_pruned(u, u.select(self._scores(u, c), kf), kf); changed = True
+            if kf > c: self._set_pruned(u, self._select(u, kf, c), kf); changed = True
             short += k - kf
         self._short, self.shortfall = dict(round=short), short
     else:

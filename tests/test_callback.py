@@ -141,6 +141,22 @@ def test_zero_drift(opt):
         for v in state[m.weight].values():
             if isinstance(v, torch.Tensor) and v.shape == m.weight.shape: assert (v[~m.prune_mask] == 0).all()
 
+@pytest.mark.parametrize('opt', list(OPTS))
+def test_state_zeroing_at_mask_updates_would_change_nothing(opt):
+    "The state of pruned entries is zeroed once, after the fit: zeroing it at every mask update too gives the same weights, bit for bit"
+    from fastprune.callback import zero_masked_state
+    def fit(zero_at_updates):
+        cb = PruneCallback(0.8, report=False)
+        if zero_at_updates:
+            orig = cb._prune
+            def prune_and_zero(f): orig(f); zero_masked_state(cb.learn.opt, cb.sparsifier.masked_weights())
+            cb._prune = prune_and_zero
+        learn = tiny_learner([cb], **OPTS[opt])
+        learn.fit_one_cycle(3, 3e-2)
+        return {k: v.clone() for k, v in learn.model.state_dict().items()}
+    a, b = fit(True), fit(False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 @pytest.mark.parametrize('mp', ['to_fp16', 'cpu_fp16', 'cpu_bf16'])
 def test_zero_drift_mixed_precision(mp):
     cb = PruneCallback(0.8, schedule=one_shot(0.1), report=False)
