@@ -382,10 +382,8 @@ def _scores(self:Sparsifier, u, n_pruned=None) -> Tensor:
 
 @patch
 def _select(self:Sparsifier, u, k:int, c:int) -> Tensor:
-    "Bool `(n,)`: the `k` groups unit `u` prunes in local context, `c` of them pruned already"
-    if c and type(u).select is PruneUnit.select:   # the plain lowest k: the pruned groups go in as a mask, no -inf pass
-        return lowest_k(self._raw_scores(u), k, pruned=u.pruned(), n_pruned=c)
-    return u.select(self._scores(u, c), k)
+    "Bool `(n,)`: the `k` groups unit `u` prunes in local context, `c` of them pruned already (passed as a mask: no -inf pass)"
+    return u.select(self._raw_scores(u), k, pruned=u.pruned() if c else None, n_pruned=c)
 
 @patch
 def _unit_targets(self:Sparsifier, d:dict, counts:list) -> list:

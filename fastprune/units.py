@@ -53,11 +53,13 @@ class PruneUnit:
         down = max(0, self.n - -(-(self.n - k) // r) * r)
         kept = (self.n - k) // r * r
         return self.n - kept if up and kept >= r else down
-    def select(self, scores:Tensor, # `(n,)` scores, -inf for groups already pruned
+    def select(self, scores:Tensor, # `(n,)` scores (-inf for groups already pruned, unless `pruned` says which they are)
                k:int, # a feasible number of groups to prune
+               pruned:Tensor=None, # bool `(n,)`: the groups already pruned, selected first whatever they score
+               n_pruned:int=None, # how many `pruned` holds, if known
               ) -> Tensor:
         "Bool `(n,)`: the `k` groups to prune, the lowest scores"
-        return lowest_k(scores, k)
+        return lowest_k(scores, k, pruned=pruned, n_pruned=n_pruned)
     def __repr__(self): return f"{type(self).__name__}({self.name!r}, n={self.n})"
 
 class LayerUnit(PruneUnit):
@@ -136,9 +138,8 @@ def lowest_k(s:Tensor, # `(n,)` scores
         pruned = pruned.reshape(-1)
         n_pruned = int(torch.count_nonzero(pruned)) if n_pruned is None else n_pruned
         if n_pruned >= k: raise ValueError(f"lowest_k: {n_pruned} groups are already pruned, so k={k} selects no new one")
-        if t is None and n > _SAMPLED and (sel := _lowest_k_sampled(s, k, pruned, n_pruned)) is not None: return sel
-        s = mask_scores(s, pruned)
-    if t is None and n > _SAMPLED and (sel := _lowest_k_sampled(s, k)) is not None: return sel
+    if t is None and n > _SAMPLED and (sel := _lowest_k_sampled(s, k, pruned, n_pruned or 0)) is not None: return sel
+    if pruned is not None: s = mask_scores(s, pruned)   # the exact path below ranks -inf scores
     for t in ([t] if t is not None else []) + [None]:
         t = float(s.kthvalue(k).values) if t is None else t
         lt = s < t
@@ -406,9 +407,10 @@ class CoupledUnit(PruneUnit):
         ok = [c for c in range(0, self.n + 1, self.class_size) if c == 0 or (self.n - c) % r == 0]
         return next((c for c in ok if c >= k), ok[-1]) if up else max(c for c in ok if c <= k)
 
-    def select(self, scores, k):
+    def select(self, scores, k, pruned=None, n_pruned=None):
         "The `k` lowest channels; with grouped convs the `k // class_size` classes of lowest mean score"
-        if self.class_size == 1: return super().select(scores, k)
+        if self.class_size == 1: return super().select(scores, k, pruned, n_pruned)
+        if pruned is not None: scores = mask_scores(scores, pruned)
         cls, nc = self.classes.to(scores.device), self.n // self.class_size
         fin = torch.isfinite(scores)            # -inf: already pruned
         tot = torch.zeros(nc, device=scores.device).index_add_(0, cls, torch.where(fin, scores, 0.))
